@@ -1,0 +1,29 @@
+# Two commands for a fresh machine with Python 3.11: `make run` and `make test`.
+# `make setup` is idempotent: it only reinstalls when pyproject.toml or this Makefile changed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.convopt-installed
+
+.PHONY: setup run test bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	# torch first, pinned, so no dependency pulls in a different build.
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: setup
+	$(VENV)/bin/convopt analyze
+
+test: setup
+	$(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/hardware_profile.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -1,0 +1,27 @@
+"""Typed errors. Every message names the offending values and what to do instead."""
+
+from __future__ import annotations
+
+
+class ConvoptError(Exception):
+    """Base class of every error convopt raises on purpose (the CLI turns these into exit code 2)."""
+
+
+class InvalidSpecError(ConvoptError, ValueError):
+    """Convolution hyper-parameters that PyTorch itself would reject."""
+
+
+class ModelLoadError(ConvoptError):
+    """A MODEL argument that names nothing loadable, or loads into something that is not a model."""
+
+
+class InputShapeError(ConvoptError, ValueError):
+    """An input shape that is malformed, or that the model rejects (the message names the layer)."""
+
+
+class HardwareProfileError(ConvoptError):
+    """The hardware microbenchmarks could not run or gave no usable figure."""
+
+
+class UnsupportedConvError(ConvoptError, NotImplementedError):
+    """A convolution algorithm cannot compute this (spec, dtype); the message says why and what can."""

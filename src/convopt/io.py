@@ -1,0 +1,34 @@
+"""Safe file handling: atomic writes, and nothing ever written over a user's input."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` through a temp file in the same folder and a rename (never half-written)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def cache_dir() -> Path:
+    """Where convopt keeps measured facts about this machine: $CONVOPT_CACHE_DIR or ~/.cache/convopt."""
+    root = os.environ.get("CONVOPT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "convopt")
+    return Path(root)

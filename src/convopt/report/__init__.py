@@ -1,0 +1,1 @@
+"""Renderers: turn Report objects into terminal tables, JSON and charts. No analysis happens here."""
