@@ -12,6 +12,7 @@ import importlib
 import importlib.util
 import sys
 import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,6 +127,8 @@ def load_file(path: Path) -> LoadedModel:
     if not path.is_file():
         raise ModelLoadError(f"no such file: {path}")
     if path.suffix == ".pt2":
+        if not zipfile.is_zipfile(path):  # checked first: torch.export logs a traceback on junk files
+            raise ModelLoadError(f"{path} is not a torch.export .pt2 program (not a zip archive)")
         try:
             program = torch.export.load(str(path))
         except Exception as exc:  # any parse failure means "not an exported program"
@@ -146,12 +149,12 @@ def load_file(path: Path) -> LoadedModel:
 
 def load_model(text: str | None, *, pretrained: bool = False) -> LoadedModel:
     """Load MODEL (see module docstring); `None` or '' gives the embedded default."""
+    if pretrained and not (text or "").startswith("torchvision:"):
+        raise ModelLoadError("--pretrained only applies to torchvision:NAME models")
     if not text:
         return LoadedModel(default_model(), "convopt:default (MnistResNet)", (1, 1, 28, 28), "the default model")
     if text.startswith("torchvision:"):
         return load_torchvision(text.split(":", 1)[1], pretrained)
-    if pretrained:
-        raise ModelLoadError("--pretrained only applies to torchvision:NAME models")
     if ":" in text and not Path(text).exists():
         return load_callable(text)
     path = Path(text)
