@@ -9,12 +9,13 @@ from convopt.api import analyze, example_input
 from convopt.errors import (
     ConvoptError, HardwareProfileError, InputShapeError, InvalidSpecError, ModelLoadError, UnsupportedConvError,
 )  # fmt: skip
+from convopt.kernels import conv, list_algorithms
 from convopt.spec import ConvSpec
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConvSpec", "CostReport", "LayerCost", "HardwareProfile", "analyze", "example_input",
+    "ConvSpec", "conv", "list_algorithms", "CostReport", "LayerCost", "HardwareProfile", "analyze", "example_input",
     "ConvoptError", "HardwareProfileError", "InputShapeError", "InvalidSpecError", "ModelLoadError",
     "UnsupportedConvError",
 ]  # fmt: skip

@@ -8,7 +8,7 @@ class ConvoptError(Exception):
 
 
 class InvalidSpecError(ConvoptError, ValueError):
-    """Convolution hyper-parameters that PyTorch itself would reject."""
+    """Convolution hyper-parameters or call arguments (dtypes, devices, bias shape) that PyTorch would reject."""
 
 
 class ModelLoadError(ConvoptError):
