@@ -47,13 +47,55 @@ def build_parser() -> argparse.ArgumentParser:
                          help="declared power per core for the energy estimate when RAPL is not readable")
     analyze.add_argument("--grid-intensity", type=float, default=DEFAULT_GRID_G_PER_KWH,
                          help="grams of CO2 per kWh of the user's electricity grid")
+    bench = commands.add_parser("bench", help="every conv algorithm vs PyTorch, side by side, on layer suites")
+    bench.add_argument("--suite", choices=["resnet18", "large-kernel", "volumes", "depthwise"], default="resnet18")
+    bench.add_argument("--batch", type=_positive_int, default=1)
+    bench.add_argument("--threads", type=_positive_int, default=None, help="intra-op threads (default: torch's)")
+    bench.add_argument("--repeats", type=_positive_int, default=7, help="timed runs per candidate (median)")
+    bench.add_argument("--algorithms", help="comma-separated subset (default: every registered algorithm)")
+    bench.add_argument("--sparsity", type=float, default=0.0, help="magnitude-prune the weights to this fraction")
+    bench.add_argument("--json", metavar="PATH|-", help="write the results as JSON ('-' for stdout)")
     return parser
+
+
+def _write_json(data: dict, target: str, console: Console) -> None:
+    from convopt.io import atomic_write_text
+
+    text = json.dumps(data, indent=2)
+    if target == "-":
+        sys.stdout.write(text + "\n")
+    else:
+        console.print(f"wrote {atomic_write_text(target, text)}", highlight=False)
+
+
+def _run_bench(args: argparse.Namespace, console: Console) -> int:
+    from convopt.analysis.hardware import load_or_measure
+    from convopt.errors import UnsupportedConvError
+    from convopt.kernels.registry import ALGORITHMS
+    from convopt.report.bench_table import print_bench_report
+    from convopt.search.bench import run_bench
+
+    if not 0.0 <= args.sparsity < 1.0:
+        raise UnsupportedConvError(f"--sparsity {args.sparsity}: expected a fraction in [0, 1)")
+    algorithms = [a.strip() for a in args.algorithms.split(",")] if args.algorithms else None
+    for name in algorithms or []:
+        if name not in ALGORITHMS:
+            raise UnsupportedConvError(f"unknown algorithm {name!r}; registered: {', '.join(ALGORITHMS)}")
+    hardware = load_or_measure(args.threads, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+    with console.status("benchmarking") as status:
+        report = run_bench(args.suite, batch=args.batch, threads=args.threads, repeats=args.repeats,
+                           sparsity=args.sparsity, hardware=hardware, algorithms=algorithms,
+                           progress=lambda name: status.update(f"benchmarking {name}"))  # fmt: skip
+    if args.json != "-":
+        print_bench_report(report, console)
+    if args.json:
+        _write_json(report.to_dict(), args.json, console)
+    return 0
 
 
 def _run_analyze(args: argparse.Namespace, console: Console) -> int:
     from convopt.analysis.hardware import load_or_measure
     from convopt.api import analyze, example_input
-    from convopt.io import atomic_write_text
     from convopt.loading import load_model, parse_input_shape
     from convopt.report.plot import save_roofline_plot
     from convopt.report.terminal import print_cost_report
@@ -70,11 +112,7 @@ def _run_analyze(args: argparse.Namespace, console: Console) -> int:
     if args.json != "-":
         print_cost_report(report, console)
     if args.json:
-        text = json.dumps(report.to_dict(), indent=2)
-        if args.json == "-":
-            sys.stdout.write(text + "\n")
-        else:
-            console.print(f"wrote {atomic_write_text(args.json, text)}", highlight=False)
+        _write_json(report.to_dict(), args.json, console)
     if args.plot:
         console.print(f"wrote {save_roofline_plot(report, args.plot)}", highlight=False)
     return 0
@@ -90,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "analyze":
             return _run_analyze(args, console)
+        if args.command == "bench":
+            return _run_bench(args, console)
     except ConvoptError as exc:
         sys.stderr.write(f"convopt: error: {exc}\n".replace("\n", " ").rstrip() + "\n")
         return 2

@@ -61,6 +61,13 @@ def _supports(spec: ConvSpec, dtype: torch.dtype) -> str | None:
     )
 
 
+def patch_matrix_bytes(spec: ConvSpec, input_shape: tuple[int, ...], itemsize: int) -> int:
+    """Size of the patch matrix: N * output positions * C_in * prod(kernel) elements."""
+    out = spec.output_shape(input_shape)
+    return math.prod(out[2:]) * out[0] * spec.in_channels * math.prod(spec.kernel_size) * itemsize
+
+
 IM2COL = register_algorithm(
-    ConvAlgorithm("im2col", _run, _supports, summary="unfold + GEMM; any stride/dilation/groups, 1-D/2-D/3-D")
+    ConvAlgorithm("im2col", _run, _supports, summary="unfold + GEMM; any stride/dilation/groups, 1-D/2-D/3-D",
+                  workspace=patch_matrix_bytes)  # fmt: skip
 )

@@ -35,6 +35,8 @@ class ConvAlgorithm:
         error_kind: "elementwise" (exact up to summation order) or "normwise" (transform algorithms);
             picks the row of `convopt.testing.TOLERANCES` it is held to.
         summary: one line for `list_algorithms()` and the bench table.
+        workspace: optional workspace(spec, input_shape, itemsize) -> scratch bytes, so callers can skip
+            a candidate that would not fit in memory (and say so) instead of crashing.
     """
 
     name: str
@@ -43,6 +45,7 @@ class ConvAlgorithm:
     prepare: Callable[[torch.Tensor, ConvSpec], Any] = _identity_prepare
     error_kind: str = "elementwise"
     summary: str = ""
+    workspace: Callable[[ConvSpec, tuple[int, ...], int], int] | None = None
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec) -> torch.Tensor:
         return self.run(x, self.prepare(weight, spec), bias, spec)
