@@ -61,8 +61,10 @@ def test_measure_on_resnet18_reports_roofline_fraction(capsys):
     data = run_json(capsys, "torchvision:resnet18", "--measure", "--repeats", "2", "--threads", "2")
     convs = [layer for layer in data["layers"] if layer["kind"] == "Conv2d"]
     assert len(convs) == 20
-    for conv in convs:
-        assert conv["seconds"] > 0 and 0 < conv["roofline_fraction"] < 3
+    for conv in convs:  # fraction = measured rate / attainable rate (the value itself depends on the machine)
+        assert conv["seconds"] > 0 and conv["roofline_fraction"] > 0
+        measured = conv["macs"] / conv["seconds"] / 1e9
+        assert conv["roofline_fraction"] == pytest.approx(measured / conv["attainable_gmacs_per_s"])
     assert data["latency_seconds"] > 0 and data["energy"]["latency_source"] == "measured"
 
 

@@ -139,3 +139,14 @@ def test_layers_from_trace_keeps_execution_order():
     names = [layer.name for layer in layers_from_trace(trace)]
     assert names[0] == "stem.0" and names[-1] == "fc"
     assert names.index("layer1.conv1") < names.index("layer2.conv1") < names.index("layer3.conv1")
+
+
+def test_exported_program_layers_keep_their_module_names():
+    model, x = default_model(), torch.rand(1, 1, 28, 28)
+    eager = convopt.analyze(model, x, hardware=None)
+    exported = convopt.analyze(torch.export.export(model, (x,)).module(), x, hardware=None)
+    assert exported.macs == eager.macs
+    convs = lambda report: [(layer.name, layer.kind, layer.macs) for layer in report.layers if layer.macs]  # noqa: E731
+    assert convs(exported) == convs(eager)
+    assert "layer1.add" in [layer.name for layer in exported.layers]
+    assert next(layer for layer in exported.layers if layer.name == "stem.0").params == 9 * 16

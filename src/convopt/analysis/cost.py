@@ -154,7 +154,7 @@ def layers_from_trace(trace: Trace) -> list[LayerCost]:
             if key not in groups:
                 suffix = f"#{call.index}" if call.index > 1 else ""
                 params = sum(p.numel() for p in call.module.parameters(recurse=False))
-                groups[key] = (call.name + suffix, type(call.module).__name__, [], params,
+                groups[key] = (call.name + suffix, call.kind or type(call.module).__name__, [], params,
                                call.input_shape, call.output_shape)  # fmt: skip
                 order.append(key)
             groups[key][2].append(record)
@@ -171,6 +171,7 @@ def layers_from_trace(trace: Trace) -> list[LayerCost]:
         name, kind, records, params, in_shape, out_shape = groups[key]
         if key >= 0:  # module calls know their output only after they return
             call = records[0].call
-            in_shape, out_shape = call.input_shape, call.output_shape
+            in_shape = call.input_shape or records[0].input_shape
+            out_shape = call.output_shape or records[-1].output_shape
         layers.append(_layer_from_records(name, kind, records, params, in_shape, out_shape))
     return layers

@@ -29,6 +29,7 @@ class ModuleCall:
     index: int  # 1 for the first call of this module, 2 for the second, ...
     input_shape: tuple[int, ...] | None = None
     output_shape: tuple[int, ...] | None = None
+    kind: str | None = None  # the original class name when `module` is a stand-in (exported programs)
 
 
 @dataclass
@@ -117,6 +118,43 @@ class _RecordingMode(TorchDispatchMode):
         return out
 
 
+class _ScopedInterpreter(torch.fx.Interpreter):
+    """Runs an exported program node by node, attributing each op to the module it came from.
+
+    torch.export keeps the source module of every node in `nn_module_stack`; the flat graph has no
+    module calls for hooks to see, so the interpreter opens a stand-in call whenever the scope changes.
+    """
+
+    def __init__(self, module: torch.fx.GraphModule, stack: list[ModuleCall], trace: Trace):
+        super().__init__(module)
+        self.stack, self.trace, self.counts = stack, trace, {}
+        self.base = len(stack)
+
+    def run_node(self, node: torch.fx.Node) -> Any:
+        if node.op == "call_function":
+            scope = node.meta.get("nn_module_stack")
+            path, cls = list(scope.values())[-1] if scope else ("", "")
+            current = self.stack[-1].name if len(self.stack) > self.base else None
+            if path != current:
+                del self.stack[self.base :]
+                if path:
+                    try:
+                        module = self.module.get_submodule(path)
+                    except AttributeError:  # no parameters there: a parameter-free stand-in will do
+                        module = nn.Module()
+                    self.counts[path] = self.counts.get(path, 0) + 1
+                    call = ModuleCall(module, path, self.counts[path], kind=cls.rsplit(".", 1)[-1])
+                    self.trace.calls.append(call)
+                    self.stack.append(call)
+        return super().run_node(node)
+
+
+def _has_module_scopes(model: nn.Module) -> bool:
+    return isinstance(model, torch.fx.GraphModule) and any(
+        "nn_module_stack" in node.meta for node in model.graph.nodes
+    )
+
+
 def trace_forward(model: nn.Module, inputs: tuple[Any, ...], *, timed: bool = False) -> tuple[Trace, Any]:
     """Run `model(*inputs)` under no_grad, recording every non-view aten op.
 
@@ -146,7 +184,13 @@ def trace_forward(model: nn.Module, inputs: tuple[Any, ...], *, timed: bool = Fa
     ]
     try:
         with torch.no_grad(), _RecordingMode(trace, stack, param_ids, timed):
-            output = model(*inputs)
+            if _has_module_scopes(model):
+                pre_hook(model, inputs)
+                output = _ScopedInterpreter(model, stack, trace).run(*inputs)
+                del stack[1:]
+                post_hook(model, inputs, output)
+            else:
+                output = model(*inputs)
     except Exception as exc:  # the model's own error, re-raised typed with the failing layer named
         shapes = [tuple(x.shape) for x in inputs if isinstance(x, torch.Tensor)]
         where = f"layer '{stack[-1].name or '<root>'}' ({type(stack[-1].module).__name__})" if stack else "the model"
