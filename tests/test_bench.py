@@ -10,7 +10,7 @@ import torch
 from convopt.cli import main
 from convopt.search import bench
 from convopt.search.bench import LayerCase, bench_case, magnitude_prune
-from convopt.search.timing import interleaved_times
+from convopt.timing import interleaved_times
 from convopt.spec import ConvSpec
 
 SMALL = LayerCase("3x3 8 @12", ConvSpec.create(8, 8, (3, 3), padding=1, bias=False), (12, 12))

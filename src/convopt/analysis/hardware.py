@@ -11,9 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import statistics
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -22,6 +20,7 @@ import torch
 
 from convopt.errors import HardwareProfileError
 from convopt.io import atomic_write_text, cache_dir
+from convopt.timing import median_time
 
 _FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_bf16", "amx_int8",
                       "amx_tile", "asimd", "sve", "neon")  # fmt: skip
@@ -92,26 +91,15 @@ class HardwareProfile:
         return cls(**fields, method=data.get("method", {}), unavailable=data.get("unavailable", {}))
 
 
-def _median_seconds(fn: Callable[[], Any], warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _gemm_rate(dtype: torch.dtype, n: int, repeats: int) -> float:
     """Median rate of an n x n x n GEMM, in G(FL)OP/s with 2 ops per MAC."""
     if dtype == torch.int8:
         a = torch.randint(-128, 127, (n, n), dtype=torch.int8)
         b = torch.randint(-128, 127, (n, n), dtype=torch.int8)
-        seconds = _median_seconds(lambda: torch._int_mm(a, b), 2, repeats)
+        seconds = median_time(lambda: torch._int_mm(a, b), repeats=repeats).median_s
     else:
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        seconds = _median_seconds(lambda: torch.mm(a, b), 2, repeats)
+        seconds = median_time(lambda: torch.mm(a, b), repeats=repeats).median_s
     return 2 * n**3 / seconds / 1e9
 
 
@@ -119,7 +107,7 @@ def _copy_bandwidth(megabytes: int, repeats: int) -> float:
     """Median bandwidth of dst.copy_(src) in GB/s, counting the bytes read and the bytes written."""
     numel = megabytes * 2**20 // 4
     src, dst = torch.randn(numel), torch.empty(numel)
-    seconds = _median_seconds(lambda: dst.copy_(src), 2, repeats)
+    seconds = median_time(lambda: dst.copy_(src), repeats=repeats).median_s
     return 2 * numel * 4 / seconds / 1e9
 
 

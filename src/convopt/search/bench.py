@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from convopt.analysis.hardware import HardwareProfile
 from convopt.kernels.reference import reference_conv
 from convopt.kernels.registry import ALGORITHMS
-from convopt.search.timing import fixed_threads, interleaved_times
+from convopt.timing import fixed_threads, interleaved_times
 from convopt.spec import ConvSpec
 from convopt.testing import normwise_error
 

@@ -1,4 +1,4 @@
-"""Timing discipline shared by every benchmark and the tuner: warm-up, then the median of repeats."""
+"""Timing discipline shared by the hardware profile, every benchmark and the tuner: warm-up, then medians."""
 
 from __future__ import annotations
 
