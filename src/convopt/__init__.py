@@ -5,17 +5,19 @@ Units everywhere: one MAC is one multiply-accumulate; FLOPs = 2 x MACs.
 
 from convopt.analysis.cost import CostReport, LayerCost
 from convopt.analysis.hardware import HardwareProfile
-from convopt.api import analyze, example_input
+from convopt.api import analyze, apply, apply_, example_input
 from convopt.errors import (
-    ConvoptError, HardwareProfileError, InputShapeError, InvalidSpecError, ModelLoadError, UnsupportedConvError,
+    BudgetExceededError, ConfigError, ConvoptError, HardwareProfileError, UntraceableModelError, InputShapeError, InvalidSpecError, ModelLoadError, UnsupportedConvError,
 )  # fmt: skip
 from convopt.kernels import conv, list_algorithms
 from convopt.spec import ConvSpec
+from convopt.transforms import AlgorithmConfig, Compose, FoldBatchNormConfig, TransformConfig, TransformReport
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConvSpec", "conv", "list_algorithms", "CostReport", "LayerCost", "HardwareProfile", "analyze", "example_input",
-    "ConvoptError", "HardwareProfileError", "InputShapeError", "InvalidSpecError", "ModelLoadError",
+    "ConvSpec", "conv", "list_algorithms", "CostReport", "apply", "apply_", "AlgorithmConfig", "Compose",
+    "FoldBatchNormConfig", "TransformConfig", "TransformReport", "LayerCost", "HardwareProfile", "analyze", "example_input",
+    "BudgetExceededError", "ConfigError", "UntraceableModelError", "ConvoptError", "HardwareProfileError", "InputShapeError", "InvalidSpecError", "ModelLoadError",
     "UnsupportedConvError",
 ]  # fmt: skip

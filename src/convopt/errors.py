@@ -25,3 +25,19 @@ class HardwareProfileError(ConvoptError):
 
 class UnsupportedConvError(ConvoptError, NotImplementedError):
     """A convolution algorithm cannot compute this (spec, dtype); the message says why and what can."""
+
+
+class BudgetExceededError(ConvoptError):
+    """A transform changed the model's outputs by more than the allowed error or accuracy budget."""
+
+
+class UntraceableModelError(ConvoptError):
+    """A graph pass needs torch.fx tracing and the model (the message names the module) cannot be traced."""
+
+
+class ConfigError(ConvoptError, ValueError):
+    """A transform config or recipe file that is invalid; the message names the field and the fix."""
+
+
+class UnsupportedLayerError(ConvoptError, NotImplementedError):
+    """An analysis (interval bounds, ...) meets a layer or graph node it cannot handle; the message names it."""

@@ -1,0 +1,13 @@
+"""Model transforms: one Config dataclass plus one registered handler per file."""
+
+from convopt.transforms.algorithm import AlgorithmConfig
+from convopt.transforms.config import (
+    Compose, StepRecord, TransformConfig, TransformContext, TransformReport, config_from_dict, config_from_json, config_to_json,
+    register_transform,
+)  # fmt: skip
+from convopt.transforms.fold_bn import FoldBatchNormConfig
+
+__all__ = [
+    "AlgorithmConfig", "Compose", "FoldBatchNormConfig", "StepRecord", "TransformConfig", "TransformContext",
+    "TransformReport", "config_from_dict", "config_from_json", "config_to_json", "register_transform",
+]  # fmt: skip

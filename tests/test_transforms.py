@@ -1,0 +1,138 @@
+"""Transform configs: BatchNorm folding, algorithm selection, Compose, selectors, JSON recipes, budgets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import convopt
+from convopt.models import default_model
+from convopt.transforms import config_from_json, config_to_json, register_transform
+from convopt.transforms.config import StepRecord, TransformConfig
+
+
+def with_random_bn_stats(model: nn.Module) -> nn.Module:
+    """Trained-looking BatchNorm statistics, so folding is a real change (fresh BNs are identities)."""
+    generator = torch.Generator().manual_seed(0)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            n = module.num_features
+            module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(n, generator=generator) - 0.5)
+    return model.eval()
+
+
+def test_fold_batchnorm_on_the_default_model():
+    model, x = with_random_bn_stats(default_model()), torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        before = model(x)
+    report = convopt.apply_(model, convopt.FoldBatchNormConfig(), example_inputs=x)
+    assert len(report.steps[0].changed) == 9
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert report.max_rel_error < 1e-5
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_fold_batchnorm_on_torchvision_models(name):
+    model = with_random_bn_stats(torchvision.models.get_model(name))
+    x = torch.rand(1, 3, 96, 96)
+    copy, report = convopt.apply(model, convopt.FoldBatchNormConfig(), example_inputs=x)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # apply worked on a copy
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in copy.modules())
+    assert report.max_rel_error < 1e-4
+
+
+def test_fold_skips_with_reasons():
+    class TwoUsers(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.bn(y) + y  # the conv output has a second user: folding would change it
+
+    model = TwoUsers().eval()
+    report = convopt.apply_(model, convopt.FoldBatchNormConfig(), example_inputs=torch.rand(1, 3, 8, 8))
+    assert report.steps[0].changed == {} and "other node" in report.steps[0].skipped["conv + bn"]
+    training = default_model().train()
+    record = convopt.apply_(training, convopt.FoldBatchNormConfig()).steps[0]
+    assert not record.changed and all("training mode" in why for why in record.skipped.values())
+
+
+def test_untraceable_model_names_the_module():
+    class Branchy(nn.Module):
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else x  # data-dependent control flow
+
+    class Outer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.gate = nn.Conv2d(1, 1, 3), Branchy()
+
+        def forward(self, x):
+            return self.gate(self.conv(x))
+
+    with pytest.raises(convopt.UntraceableModelError, match="module 'gate'"):
+        convopt.apply_(Outer().eval(), convopt.FoldBatchNormConfig())
+
+
+def test_algorithm_config_records_each_layer_and_keeps_outputs():
+    model, x = default_model(), torch.rand(2, 1, 28, 28)
+    report = convopt.apply_(model, convopt.AlgorithmConfig("im2col", modules="layer1.*"), example_inputs=x)
+    assert set(report.steps[0].changed) == {"layer1.conv1", "layer1.conv2"}
+    assert type(model.layer1.conv1).__name__ == "AlgoConv2d" and type(model.stem[0]) is nn.Conv2d
+    assert report.max_rel_error < 1e-5
+
+
+def test_algorithm_config_validates_the_name():
+    with pytest.raises(convopt.ConfigError, match="use 'auto' or one of"):
+        convopt.AlgorithmConfig("fastest-please")
+
+
+def test_recipes_round_trip_through_json():
+    recipe = convopt.Compose([convopt.FoldBatchNormConfig(), convopt.AlgorithmConfig("im2col", modules="layer*")])
+    again = config_from_json(config_to_json(recipe))
+    assert again == recipe and again.steps[1].modules == "layer*"
+    with pytest.raises(convopt.ConfigError, match="unknown transform config 'Evil'"):
+        config_from_json('{"type": "Evil"}')
+    with pytest.raises(convopt.ConfigError, match="has no field"):
+        config_from_json('{"type": "AlgorithmConfig", "algorithm": "im2col", "speed": 11}')
+    with pytest.raises(convopt.ConfigError, match="not valid JSON"):
+        config_from_json("{")
+
+
+@dataclass(frozen=True)
+class _ScaleWeightsConfig(TransformConfig):
+    """Test-only transform that breaks the model on purpose."""
+
+    factor: float = 1.5
+
+
+@register_transform(_ScaleWeightsConfig)
+def _scale_weights(model, config, context):
+    with torch.no_grad():
+        model.fc.weight.mul_(config.factor)
+    return StepRecord(config.to_dict(), changed={"fc": f"weights x{config.factor}"})
+
+
+def test_a_step_over_the_error_budget_raises():
+    model, x = default_model(), torch.rand(2, 1, 28, 28)
+    with pytest.raises(convopt.BudgetExceededError, match="_ScaleWeightsConfig changed the outputs"):
+        convopt.apply_(model, convopt.Compose([convopt.FoldBatchNormConfig(), _ScaleWeightsConfig()]), example_inputs=x)
+    original = default_model()
+    copy, _ = convopt.apply(original, _ScaleWeightsConfig(factor=1.0), example_inputs=x)
+    assert copy is not original
+
+
+def test_apply_rejects_non_configs():
+    with pytest.raises(convopt.ConfigError, match="takes a transform config"):
+        convopt.apply_(default_model(), "fold_bn")
