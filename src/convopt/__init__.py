@@ -6,6 +6,7 @@ Units everywhere: one MAC is one multiply-accumulate; FLOPs = 2 x MACs.
 from convopt.analysis.cost import CostReport, LayerCost
 from convopt.analysis.hardware import HardwareProfile
 from convopt.api import analyze, apply, apply_, example_input
+from convopt.artifacts import load
 from convopt.errors import (
     BudgetExceededError, ConfigError, ConvoptError, HardwareProfileError, UntraceableModelError, InputShapeError, InvalidSpecError, ModelLoadError, UnsupportedConvError,
 )  # fmt: skip
@@ -16,7 +17,7 @@ from convopt.transforms import AlgorithmConfig, Compose, FoldBatchNormConfig, Tr
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConvSpec", "conv", "list_algorithms", "CostReport", "apply", "apply_", "AlgorithmConfig", "Compose",
+    "ConvSpec", "conv", "list_algorithms", "load", "CostReport", "apply", "apply_", "AlgorithmConfig", "Compose",
     "FoldBatchNormConfig", "TransformConfig", "TransformReport", "LayerCost", "HardwareProfile", "analyze", "example_input",
     "BudgetExceededError", "ConfigError", "UntraceableModelError", "ConvoptError", "HardwareProfileError", "InputShapeError", "InvalidSpecError", "ModelLoadError",
     "UnsupportedConvError",

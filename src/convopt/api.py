@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import copy
-import time
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_flatten
 
 from convopt.analysis.cost import CostReport, layers_from_trace
 from convopt.analysis.energy import (
@@ -17,14 +14,7 @@ from convopt.analysis.energy import (
 from convopt.analysis.hardware import HardwareProfile, load_or_measure
 from convopt.analysis.roofline import measure_layers, place_on_roofline
 from convopt.analysis.trace import trace_forward
-from convopt.errors import BudgetExceededError, ConfigError
-from convopt.transforms.config import (
-    HANDLERS, Compose, TransformConfig, TransformContext, TransformReport, relative_error,
-)  # fmt: skip
-
-
-def _as_tuple(example_inputs: Any) -> tuple[Any, ...]:
-    return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+from convopt.transforms.pipeline import apply, apply_, as_inputs  # noqa: F401  (apply/apply_ are public API)
 
 
 def analyze(
@@ -57,7 +47,7 @@ def analyze(
         >>> report.totals()["flops"] == 2 * report.macs
         True
     """
-    inputs = _as_tuple(example_inputs)
+    inputs = as_inputs(example_inputs)
     if measure and hardware is None:
         raise ValueError("measure=True needs a hardware profile: pass hardware='auto' or a HardwareProfile")
     previous_threads = torch.get_num_threads()
@@ -93,63 +83,6 @@ def analyze(
         return report
     finally:
         torch.set_num_threads(previous_threads)
-
-
-def _first_tensor(output: Any) -> torch.Tensor:
-    leaves, _ = tree_flatten(output)
-    tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
-    if not tensors:
-        raise ConfigError("the model returned no tensor; transforms need a tensor output to check against")
-    return tensors[0]
-
-
-def apply_(model: nn.Module, config: TransformConfig, *, example_inputs: Any = None, calibration: Any = None,
-           max_rel_error: float = 1e-4, log: Callable[[str], None] | None = None) -> TransformReport:  # fmt: skip
-    """Apply `config` (or a Compose of configs) to `model` in place; each step is checked as it runs.
-
-    With `example_inputs`, every step's output is compared with the original model's: a step whose
-    relative error max|ref - out| / max|ref| exceeds `max_rel_error` raises BudgetExceededError (the
-    model is then left as that step made it: use `apply` to keep the original).
-
-    Example:
-        >>> import torch, convopt
-        >>> from convopt.models import default_model
-        >>> model, x = default_model(), torch.rand(2, 1, 28, 28)
-        >>> report = convopt.apply_(model, convopt.Compose([convopt.FoldBatchNormConfig()]), example_inputs=x)
-        >>> len(report.steps[0].changed)  # nine conv + BatchNorm pairs folded
-        9
-    """
-    if not isinstance(config, TransformConfig):
-        raise ConfigError(f"apply_ takes a transform config, got {type(config).__name__}")
-    inputs = _as_tuple(example_inputs) if example_inputs is not None else ()
-    context = TransformContext(inputs, calibration, log or (lambda message: None))
-    reference = None
-    if inputs:
-        with torch.no_grad():
-            reference = _first_tensor(model(*inputs)).detach().clone()
-    report = TransformReport()
-    for step in config.steps if isinstance(config, Compose) else (config,):
-        if type(step) not in HANDLERS:
-            raise ConfigError(f"no handler is registered for {type(step).__name__}")
-        start = time.perf_counter()
-        record = HANDLERS[type(step)](model, step, context)
-        record.seconds = time.perf_counter() - start
-        if reference is not None:
-            with torch.no_grad():
-                record.max_rel_error = relative_error(reference, _first_tensor(model(*inputs)))
-            if record.max_rel_error > max_rel_error:
-                raise BudgetExceededError(
-                    f"{type(step).__name__} changed the outputs by {record.max_rel_error:.2e} (relative), over the "
-                    f"budget {max_rel_error:.0e}; exclude the offending modules with modules=... or raise the budget"
-                )
-        report.steps.append(record)
-    return report
-
-
-def apply(model: nn.Module, config: TransformConfig, **kwargs: Any) -> tuple[nn.Module, TransformReport]:
-    """`apply_` on a deep copy: returns (transformed copy, report); the original is untouched."""
-    transformed = copy.deepcopy(model)
-    return transformed, apply_(transformed, config, **kwargs)
 
 
 def example_input(shape: Sequence[int], *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> torch.Tensor:

@@ -1,0 +1,119 @@
+"""An optimized model on disk: DIR/model.safetensors + DIR/recipe.json (+ reports and exports).
+
+The recipe names where the original architecture comes from (a MODEL argument as `analyze` takes it)
+and the transform configs that were applied. `load(DIR)` rebuilds the architecture, replays the
+configs to get the same module structure, then loads the saved tensors strictly. A directory is
+written next to its destination and renamed into place, so DIR is never left half-written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from convopt.errors import ConvoptError, ModelLoadError
+from convopt.loading import load_model
+from convopt.transforms.config import TransformConfig, config_from_dict
+from convopt.transforms.pipeline import apply_
+
+RECIPE_VERSION = 1
+WEIGHTS_FILE, RECIPE_FILE = "model.safetensors", "recipe.json"
+
+
+def sha256_of(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _staging_dir(out: Path) -> Path:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise ConvoptError(f"--out {out}: cannot write there ({exc.strerror})") from exc
+
+
+def _swap_into_place(staging: Path, out: Path) -> None:
+    if out.exists():
+        if not out.is_dir() or (any(out.iterdir()) and not (out / RECIPE_FILE).exists()):
+            raise ConvoptError(f"--out {out} exists and is not a convopt output folder; choose another path")
+        old = out.with_name(f".{out.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+        staging.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        staging.rename(out)
+
+
+def save_optimized(model: nn.Module, out: str | Path, *, source: str | None, input_shape: list[int],
+                   config: TransformConfig, extra_files: dict[str, Callable[[Path], Any]] | None = None,
+                   recipe_extra: dict[str, Any] | None = None) -> Path:  # fmt: skip
+    """Write model.safetensors, recipe.json and any `extra_files` ({name: writer(path)}) into `out`, atomically."""
+    out = Path(out)
+    staging = _staging_dir(out)
+    try:
+        state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(state, str(staging / WEIGHTS_FILE))
+        recipe = {
+            "version": RECIPE_VERSION,
+            "source": source or "",
+            "input_shape": list(input_shape),
+            "config": config.to_dict(),
+            "weights_sha256": sha256_of(staging / WEIGHTS_FILE),
+            **(recipe_extra or {}),
+        }
+        (staging / RECIPE_FILE).write_text(json.dumps(recipe, indent=2), encoding="utf-8")
+        for name, writer in (extra_files or {}).items():
+            writer(staging / name)
+        _swap_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def read_recipe(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / RECIPE_FILE
+    if not path.is_file():
+        raise ModelLoadError(f"{directory} is not a convopt output folder (no {RECIPE_FILE})")
+    try:
+        recipe = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise ModelLoadError(f"{path} is not valid JSON: {exc}") from exc
+    if recipe.get("version") != RECIPE_VERSION:
+        raise ModelLoadError(f"{path}: recipe version {recipe.get('version')!r} is not {RECIPE_VERSION}")
+    return recipe
+
+
+def load(directory: str | Path) -> nn.Module:
+    """The optimized model saved in `directory` by `convopt optimize --out`, ready for inference (eval mode).
+
+    Example:
+        >>> import convopt
+        >>> model = convopt.load("out/")  # doctest: +SKIP
+    """
+    directory = Path(directory)
+    recipe = read_recipe(directory)
+    weights = directory / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelLoadError(f"{directory} has no {WEIGHTS_FILE}")
+    if sha256_of(weights) != recipe.get("weights_sha256"):
+        raise ModelLoadError(f"{weights} does not match the hash in {RECIPE_FILE}: the folder was modified")
+    model = load_model(recipe["source"] or None).model
+    apply_(model, config_from_dict(recipe["config"]))
+    try:
+        model.load_state_dict(load_file(str(weights)), strict=True)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"{weights} does not fit the rebuilt architecture: {str(exc).splitlines()[0]}") from exc
+    return model.eval()
