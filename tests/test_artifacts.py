@@ -14,12 +14,12 @@ from convopt.artifacts import RECIPE_FILE, WEIGHTS_FILE, load, save_optimized
 from convopt.models import default_model
 from test_transforms import with_random_bn_stats
 
-RECIPE = convopt.Compose([convopt.FoldBatchNormConfig(), convopt.AlgorithmConfig("im2col", modules="layer1.*")])
+RECIPE = convopt.Compose([convopt.FoldBatchNormConfig(), convopt.AlgorithmConfig("im2col", modules="layer1.*"),
+                          convopt.FuseConfig()])  # fmt: skip
 
 
 def optimized_default():
-    model = with_random_bn_stats(default_model())
-    convopt.apply_(model, RECIPE, example_inputs=torch.rand(1, 1, 28, 28))
+    model, _ = convopt.apply(with_random_bn_stats(default_model()), RECIPE, example_inputs=torch.rand(1, 1, 28, 28))
     return model
 
 
@@ -28,6 +28,7 @@ def test_round_trip_gives_the_same_outputs(tmp_path):
     save_optimized(model, tmp_path / "out", source=None, input_shape=[1, 1, 28, 28], config=RECIPE)
     loaded = load(tmp_path / "out")
     assert type(loaded.layer1.conv1).__name__ == "AlgoConv2d" and not loaded.training
+    assert type(loaded.layer2.conv1).__name__ == "FusedConv"
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
 

@@ -136,3 +136,35 @@ def test_a_step_over_the_error_budget_raises():
 def test_apply_rejects_non_configs():
     with pytest.raises(convopt.ConfigError, match="takes a transform config"):
         convopt.apply_(default_model(), "fold_bn")
+
+
+def test_fuse_conv_add_activation_on_resnet18():
+    model = with_random_bn_stats(torchvision.models.resnet18())
+    x = torch.rand(2, 3, 64, 64)
+    recipe = convopt.Compose([convopt.FoldBatchNormConfig(), convopt.FuseConfig()])
+    fused, report = convopt.apply(model, recipe, example_inputs=x)
+    changed = report.steps[1].changed
+    assert sum(v == "conv + add + relu" for v in changed.values()) == 8  # every BasicBlock's second conv
+    assert sum(v == "conv + relu" for v in changed.values()) == 9  # the stem and every first conv
+    assert all("no add or activation" in why for why in report.steps[1].skipped.values())  # downsamples
+    assert report.max_rel_error < 1e-4
+    conv_keys = {k for k in model.state_dict() if "conv" in k or "downsample.0" in k}
+    assert conv_keys <= set(fused.state_dict())  # parameters keep their state-dict keys
+    other = torch.rand(3, 3, 64, 64)  # a new batch size and new data: the graph is shape-agnostic
+    with torch.no_grad():
+        torch.testing.assert_close(fused(other), model(other), rtol=1e-4, atol=1e-4)
+
+
+def test_fuse_handles_functional_activations_and_refuses_in_place():
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            return torch.relu(self.conv(x)) + 1
+
+    fused, report = convopt.apply(Functional().eval(), convopt.FuseConfig(), example_inputs=torch.rand(1, 3, 8, 8))
+    assert report.steps[0].changed == {"conv": "conv + relu"}
+    with pytest.raises(convopt.ConfigError, match="use convopt.apply"):
+        convopt.apply_(Functional().eval(), convopt.FuseConfig())

@@ -12,13 +12,15 @@ from convopt.errors import (
 )  # fmt: skip
 from convopt.kernels import conv, list_algorithms
 from convopt.spec import ConvSpec
-from convopt.transforms import AlgorithmConfig, Compose, FoldBatchNormConfig, TransformConfig, TransformReport
+from convopt.transforms import (
+    AlgorithmConfig, Compose, FoldBatchNormConfig, FuseConfig, TransformConfig, TransformReport,
+)  # fmt: skip
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConvSpec", "conv", "list_algorithms", "load", "CostReport", "apply", "apply_", "AlgorithmConfig", "Compose",
-    "FoldBatchNormConfig", "TransformConfig", "TransformReport", "LayerCost", "HardwareProfile", "analyze", "example_input",
+    "FoldBatchNormConfig", "FuseConfig", "TransformConfig", "TransformReport", "LayerCost", "HardwareProfile", "analyze", "example_input",
     "BudgetExceededError", "ConfigError", "UntraceableModelError", "ConvoptError", "HardwareProfileError", "InputShapeError", "InvalidSpecError", "ModelLoadError",
     "UnsupportedConvError",
 ]  # fmt: skip

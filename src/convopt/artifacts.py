@@ -21,7 +21,7 @@ from torch import nn
 from convopt.errors import ConvoptError, ModelLoadError
 from convopt.loading import load_model
 from convopt.transforms.config import TransformConfig, config_from_dict
-from convopt.transforms.pipeline import apply_
+from convopt.transforms.pipeline import apply
 
 RECIPE_VERSION = 1
 WEIGHTS_FILE, RECIPE_FILE = "model.safetensors", "recipe.json"
@@ -110,8 +110,7 @@ def load(directory: str | Path) -> nn.Module:
         raise ModelLoadError(f"{directory} has no {WEIGHTS_FILE}")
     if sha256_of(weights) != recipe.get("weights_sha256"):
         raise ModelLoadError(f"{weights} does not match the hash in {RECIPE_FILE}: the folder was modified")
-    model = load_model(recipe["source"] or None).model
-    apply_(model, config_from_dict(recipe["config"]))
+    model, _ = apply(load_model(recipe["source"] or None).model, config_from_dict(recipe["config"]))
     try:
         model.load_state_dict(load_file(str(weights)), strict=True)
     except RuntimeError as exc:

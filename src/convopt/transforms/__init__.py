@@ -6,8 +6,9 @@ from convopt.transforms.config import (
     register_transform,
 )  # fmt: skip
 from convopt.transforms.fold_bn import FoldBatchNormConfig
+from convopt.transforms.fuse import FuseConfig
 
 __all__ = [
-    "AlgorithmConfig", "Compose", "FoldBatchNormConfig", "StepRecord", "TransformConfig", "TransformContext",
+    "AlgorithmConfig", "Compose", "FoldBatchNormConfig", "FuseConfig", "StepRecord", "TransformConfig", "TransformContext",
     "TransformReport", "config_from_dict", "config_from_json", "config_to_json", "register_transform",
 ]  # fmt: skip

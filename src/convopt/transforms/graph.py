@@ -15,6 +15,10 @@ class _NamingTracer(torch.fx.Tracer):
         super().__init__()
         self.failed_in: str | None = None  # the innermost module whose forward raised
 
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        # convopt's own layers (AlgoConv2d, FusedConv, ...) are single calls, like torch.nn's.
+        return type(m).__module__.startswith("convopt.nn") or super().is_leaf_module(m, qualname)
+
     def call_module(self, m, forward, args, kwargs):
         try:
             return super().call_module(m, forward, args, kwargs)
