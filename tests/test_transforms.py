@@ -168,3 +168,17 @@ def test_fuse_handles_functional_activations_and_refuses_in_place():
     assert report.steps[0].changed == {"conv": "conv + relu"}
     with pytest.raises(convopt.ConfigError, match="use convopt.apply"):
         convopt.apply_(Functional().eval(), convopt.FuseConfig())
+
+
+def test_layout_config_converts_and_measures():
+    from convopt.transforms import LayoutConfig
+
+    model, x = default_model(), torch.rand(2, 1, 28, 28)
+    convopt.apply_(model, LayoutConfig("channels_last"), example_inputs=x)
+    assert model.layer1.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    record = convopt.apply_(model, LayoutConfig("auto", repeats=1), example_inputs=x).steps[0]
+    assert record.changed["*"] in ("contiguous", "channels_last") and "chose" in record.notes[0]
+    with pytest.raises(convopt.ConfigError, match="pass example_inputs"):
+        convopt.apply_(model, LayoutConfig("auto"))
+    with pytest.raises(convopt.ConfigError, match="memory_format"):
+        LayoutConfig("nhwc")

@@ -7,8 +7,9 @@ from convopt.transforms.config import (
 )  # fmt: skip
 from convopt.transforms.fold_bn import FoldBatchNormConfig
 from convopt.transforms.fuse import FuseConfig
+from convopt.transforms.layout import LayoutConfig
 
 __all__ = [
-    "AlgorithmConfig", "Compose", "FoldBatchNormConfig", "FuseConfig", "StepRecord", "TransformConfig", "TransformContext",
+    "AlgorithmConfig", "Compose", "FoldBatchNormConfig", "FuseConfig", "LayoutConfig", "StepRecord", "TransformConfig", "TransformContext",
     "TransformReport", "config_from_dict", "config_from_json", "config_to_json", "register_transform",
 ]  # fmt: skip
