@@ -10,6 +10,8 @@ STAMP := $(VENV)/.convopt-installed
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
+	# System packages the tests need: Debian's chromium renders report.html in a real browser.
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned, so no dependency pulls in a different build.
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
@@ -17,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 run: setup
-	$(VENV)/bin/convopt analyze
+	$(VENV)/bin/convopt optimize --data mnist --out convopt-out
 
 test: setup
 	$(PY) -m pytest -q

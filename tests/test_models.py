@@ -24,3 +24,14 @@ def test_default_model_has_the_layers_convopt_must_handle():
 def test_default_model_rejects_wrong_channels():
     with pytest.raises(RuntimeError):
         default_model()(torch.rand(1, 3, 28, 28))
+
+
+def test_default_model_ships_trained_weights_with_good_held_out_accuracy():
+    from convopt.data import load_mnist
+    from convopt.models import default_weights_available
+
+    assert default_weights_available()
+    x, y = load_mnist("test")  # 1000 held-out digits, never used in training
+    with torch.no_grad():
+        accuracy = float((default_model()(x).argmax(1) == y).float().mean())
+    assert accuracy >= 0.97

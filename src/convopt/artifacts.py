@@ -43,10 +43,16 @@ def _staging_dir(out: Path) -> Path:
         raise ConvoptError(f"--out {out}: cannot write there ({exc.strerror})") from exc
 
 
+def check_writable(out: Path) -> None:
+    """Raise now if `out` cannot become a convopt output folder (a file, a foreign folder, no permission)."""
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / RECIPE_FILE).exists())):
+        raise ConvoptError(f"--out {out} exists and is not a convopt output folder; choose another path")
+    shutil.rmtree(_staging_dir(out))
+
+
 def _swap_into_place(staging: Path, out: Path) -> None:
     if out.exists():
-        if not out.is_dir() or (any(out.iterdir()) and not (out / RECIPE_FILE).exists()):
-            raise ConvoptError(f"--out {out} exists and is not a convopt output folder; choose another path")
+        check_writable(out)
         old = out.with_name(f".{out.name}.old")
         shutil.rmtree(old, ignore_errors=True)
         out.rename(old)

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--algorithms", help="comma-separated subset (default: every registered algorithm)")
     bench.add_argument("--sparsity", type=float, default=0.0, help="magnitude-prune the weights to this fraction")
     bench.add_argument("--json", metavar="PATH|-", help="write the results as JSON ('-' for stdout)")
+    from convopt import cli_optimize
+
+    cli_optimize.add_parser(commands, _positive_int)
     return parser
 
 
@@ -130,6 +133,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_analyze(args, console)
         if args.command == "bench":
             return _run_bench(args, console)
+        if args.command == "optimize":
+            from convopt import cli_optimize
+
+            return cli_optimize.run(args, console)
     except ConvoptError as exc:
         sys.stderr.write(f"convopt: error: {exc}\n".replace("\n", " ").rstrip() + "\n")
         return 2

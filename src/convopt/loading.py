@@ -147,6 +147,53 @@ def load_file(path: Path) -> LoadedModel:
     return LoadedModel(model.eval(), str(path), DEFAULT_IMAGE_SHAPE, "default 224x224 image")
 
 
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A plain {name: tensor} state dict from .safetensors, or from a torch file with weights_only=True.
+
+    A pickle that carries code (or any object other than tensors) is refused, never executed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"--weights {path}: no such file")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file as load_safetensors
+
+        try:
+            return load_safetensors(str(path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ModelLoadError(f"--weights {path} is not a valid safetensors file: {exc}") from exc
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError for code-carrying pickles, RuntimeError for junk
+        raise ModelLoadError(
+            f"--weights {path} was refused: it is not a plain tensor state dict loadable with weights_only=True "
+            f"({type(exc).__name__}); save weights with safetensors or torch.save(model.state_dict())"
+        ) from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]  # a common checkpoint wrapper
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelLoadError(f"--weights {path}: expected a flat {{name: tensor}} state dict, got {type(state).__name__}")
+    return state
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load `path` into `model` strictly; a mismatch names the missing, unexpected or mis-shaped keys."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and state[k].shape != own[k].shape]  # fmt: skip
+    if missing or unexpected or shapes:
+        parts = [f"missing {missing[:3]}{'...' if len(missing) > 3 else ''}" if missing else "",
+                 f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}" if unexpected else "",
+                 f"shape mismatch {shapes[:2]}" if shapes else ""]  # fmt: skip
+        raise ModelLoadError(f"--weights {path} does not fit the architecture: {'; '.join(p for p in parts if p)}")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
 def load_model(text: str | None, *, pretrained: bool = False) -> LoadedModel:
     """Load MODEL (see module docstring); `None` or '' gives the embedded default."""
     if pretrained and not (text or "").startswith("torchvision:"):

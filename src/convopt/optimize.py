@@ -1,0 +1,193 @@
+"""`convopt optimize`: tune, transform, verify and compare one model, then save it with its report.
+
+Pipeline: measure the original (eager) -> fold BatchNorm -> tune every conv's algorithm on its real
+activations (cached) -> fuse conv + add + activation -> choose the memory layout by measurement ->
+check the result against the original (relative error budget, accuracy on labelled data) -> time the
+original, convopt's result, torch.compile and ONNX Runtime side by side -> save.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from convopt.analysis.trace import trace_forward
+from convopt.errors import BudgetExceededError, UntraceableModelError
+from convopt.search.autotune import TuneReport, tune_model
+from convopt.search.backends import Backend, inductor_backend, onnxruntime_backend
+from convopt.search.cache import TuningCache
+from convopt.spec import ConvSpec
+from convopt.timing import fixed_threads, interleaved_times
+from convopt.transforms import AlgorithmConfig, Compose, FoldBatchNormConfig, FuseConfig, LayoutConfig
+from convopt.transforms.config import relative_error
+from convopt.transforms.pipeline import apply, as_inputs
+
+
+@dataclass
+class OptimizeReport:
+    model: str
+    input_shape: list[int]
+    threads: int
+    accuracy: dict[str, float | None]
+    latency_ms: dict[str, Any]
+    max_rel_error: float
+    size_bytes: dict[str, int]
+    layers: list[dict[str, Any]]
+    passes: list[dict[str, Any]]
+    backends: dict[str, dict[str, Any]]
+    fastest: str
+    tuning: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class OptimizeResult:
+    model: nn.Module
+    recipe: Compose
+    report: OptimizeReport
+    tune: TuneReport | None
+
+
+def _first(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, (tuple, list)) else output
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Bytes of every parameter and buffer (what model.safetensors holds, less its small header)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def _escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
+
+
+def evaluate(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor] | None, batch: int = 256,
+             progress: Callable[[int, int], None] | None = None) -> float | None:  # fmt: skip
+    """Top-1 accuracy (in %) on labelled data, or None without data."""
+    if data is None:
+        return None
+    x, y = data
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(x), batch):
+            correct += int((model(x[start : start + batch]).argmax(1) == y[start : start + batch]).sum())
+            if progress:
+                progress(min(start + batch, len(x)), len(x))
+    return 100.0 * correct / max(len(x), 1)
+
+
+def build_recipe(model: nn.Module, inputs: tuple[Any, ...], *, budget_error: float, repeats: int,
+                 cache: TuningCache | None, notes: list[str], graph_passes: bool,
+                 progress: Callable[[str], None] | None) -> tuple[Compose, TuneReport | None]:  # fmt: skip
+    """Decide every step by measurement; the returned recipe replays without measuring."""
+    steps: list[Any] = [FoldBatchNormConfig()] if graph_passes else []
+    if graph_passes:
+        try:
+            folded, _ = apply(model, Compose(steps), example_inputs=inputs)
+        except UntraceableModelError as exc:
+            raise UntraceableModelError(f"{exc} (or pass --no-graph-passes to tune its layers only)") from exc
+    else:
+        notes.append("graph passes (BatchNorm folding, fusion) were not run: --no-graph-passes")
+        folded = copy.deepcopy(model)
+    tune = tune_model(folded, inputs, budget_error=budget_error, repeats=repeats, cache=cache, progress=progress)
+    steps += [AlgorithmConfig(algorithm, modules=_escape(name)) for name, algorithm in tune.plan().items()
+              if algorithm != "direct"]  # fmt: skip
+    if steps and isinstance(steps[0], FoldBatchNormConfig):
+        steps.append(FuseConfig())
+    candidate, _ = apply(model, Compose(steps), example_inputs=inputs)
+    layout_step = LayoutConfig("auto", repeats=repeats)
+    _, layout = apply(candidate, layout_step, example_inputs=inputs)
+    steps.append(LayoutConfig(layout.steps[0].changed["*"]))
+    notes.extend(layout.steps[0].notes)
+    return Compose(steps), tune
+
+
+def optimize(model: nn.Module, example_inputs: Any, *, name: str = "model", data: Any = None,
+             budget_error: float = 1e-5, max_rel_error: float = 1e-4, threads: int | None = None,
+             repeats: int = 7, cache: TuningCache | None = None, compare_backends: bool = True,
+             graph_passes: bool = True, progress: Callable[[str], None] | None = None) -> OptimizeResult:  # fmt: skip
+    """Optimize `model` for `example_inputs` on this machine (see module docstring); the original is untouched."""
+    start = time.perf_counter()
+    inputs = as_inputs(example_inputs)
+    say = progress or (lambda message: None)
+    notes: list[str] = []
+    with fixed_threads(threads):
+        threads = torch.get_num_threads()
+        model = model.eval()
+        trace_forward(model, inputs)  # a model that rejects the inputs fails here, naming the layer
+        say("measuring accuracy of the original")
+        accuracy_before = evaluate(model, data)
+        recipe, tune = build_recipe(model, inputs, budget_error=budget_error, repeats=repeats, cache=cache,
+                                    notes=notes, graph_passes=graph_passes,
+                                    progress=lambda layer: say(f"tuning {layer}"))  # fmt: skip
+        say("applying the recipe")
+        optimized, transform = apply(model, recipe, example_inputs=inputs, max_rel_error=max_rel_error)
+        check_inputs = data[0][: max(len(inputs[0]), 64)] if data is not None else inputs[0]
+        with torch.no_grad():
+            error = relative_error(model(check_inputs), optimized(check_inputs))
+        if error > max_rel_error:
+            raise BudgetExceededError(f"optimized outputs differ by {error:.2e} (relative) > {max_rel_error:.0e}")
+        say("measuring accuracy of the result")
+        accuracy_after = evaluate(optimized, data)
+        backends: list[Backend] = []
+        if compare_backends:
+            say("building torch.compile (inductor) for comparison")
+            backends.append(inductor_backend(model, inputs))
+            say("exporting to ONNX Runtime for comparison")
+            backends.append(onnxruntime_backend(model, inputs, threads))
+        runs = {"eager": lambda: model(*inputs), "convopt": lambda: optimized(*inputs)}
+        runs.update({b.name: b.run for b in backends if b.run is not None})
+        say("timing eager, convopt and the other backends side by side")
+        times = {k: v.median_s * 1e3 for k, v in interleaved_times(runs, repeats=repeats).items()}
+    with torch.no_grad():
+        reference = model(*inputs)
+    table = {
+        key: {"ms": times.get(key), "speedup_vs_eager": times["eager"] / times[key] if key in times else None}
+        for key in runs
+    }
+    for backend in backends:
+        entry = table.setdefault(backend.name, {"ms": None, "speedup_vs_eager": None})
+        entry["build_seconds"] = backend.build_seconds
+        entry["unavailable"] = backend.unavailable
+        if backend.run is not None:
+            entry["max_rel_error"] = relative_error(reference, _first(backend.run()))
+    fastest = min(times, key=times.get)
+    if fastest != "convopt":
+        notes.append(f"{fastest} was faster than convopt's result on this machine ({times[fastest]:.2f} ms vs "
+                     f"{times['convopt']:.2f} ms)")  # fmt: skip
+    layers = []
+    for layer in tune.layers if tune else []:
+        spec = ConvSpec.from_module(model.get_submodule(layer.name))
+        read, written = spec.bytes_moved(layer.input_shape)
+        chosen = next((s.changed[n] for s in transform.steps for n in s.changed if fnmatch.fnmatch(layer.name, n)
+                       and s.config["type"] == "FuseConfig"), None)  # fmt: skip
+        layers.append({"name": layer.name, "algorithm": layer.chosen, "candidates": layer.candidates,
+                       "errors": layer.errors, "skipped": layer.skipped, "from_cache": layer.from_cache,
+                       "fused": chosen, "macs": spec.macs(layer.input_shape), "bytes": read + written})  # fmt: skip
+    report = OptimizeReport(
+        model=name,
+        input_shape=list(inputs[0].shape),
+        threads=threads,
+        accuracy={"before": accuracy_before, "after": accuracy_after},
+        latency_ms={"batch": int(inputs[0].shape[0]), "before": times["eager"], "after": times["convopt"]},
+        max_rel_error=error,
+        size_bytes={"before": state_bytes(model), "after": state_bytes(optimized)},
+        layers=layers,
+        passes=[asdict(step) for step in transform.steps],
+        backends=table,
+        fastest=fastest,
+        tuning=tune.to_dict() if tune else {},
+        notes=notes,
+        seconds=time.perf_counter() - start,
+    )
+    return OptimizeResult(optimized, recipe, report, tune)
