@@ -182,3 +182,24 @@ def test_layout_config_converts_and_measures():
         convopt.apply_(model, LayoutConfig("auto"))
     with pytest.raises(convopt.ConfigError, match="memory_format"):
         LayoutConfig("nhwc")
+
+
+def test_fused_model_stays_differentiable():
+    model = with_random_bn_stats(default_model())
+    fused, _ = convopt.apply(model, convopt.Compose([convopt.FoldBatchNormConfig(), convopt.FuseConfig()]))
+    x = torch.rand(2, 1, 28, 28, requires_grad=True)
+    fused(x).sum().backward()
+    reference = x.detach().clone().requires_grad_(True)
+    model(reference).sum().backward()
+    torch.testing.assert_close(x.grad, reference.grad, rtol=1e-3, atol=1e-5)
+
+
+def test_models_with_cached_sparse_weights_can_be_copied():
+    import copy
+
+    model = default_model()
+    convopt.apply_(model, convopt.AlgorithmConfig("sparse", modules="layer1.*"))
+    x = torch.rand(1, 1, 28, 28)
+    with torch.no_grad():
+        expected = model(x)  # fills the sparse weight cache
+        torch.testing.assert_close(copy.deepcopy(model)(x), expected)

@@ -5,7 +5,7 @@ Units everywhere: one MAC is one multiply-accumulate; FLOPs = 2 x MACs.
 
 from convopt.analysis.cost import CostReport, LayerCost
 from convopt.analysis.hardware import HardwareProfile
-from convopt.api import analyze, apply, apply_, example_input
+from convopt.api import analyze, apply, apply_, example_input, verify
 from convopt.artifacts import load
 from convopt.errors import (
     BudgetExceededError, ConfigError, ConvoptError, HardwareProfileError, UntraceableModelError, InputShapeError, InvalidSpecError, ModelLoadError, UnsupportedConvError,
@@ -19,7 +19,7 @@ from convopt.transforms import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConvSpec", "conv", "list_algorithms", "load", "CostReport", "apply", "apply_", "AlgorithmConfig", "Compose",
+    "ConvSpec", "conv", "list_algorithms", "load", "verify", "CostReport", "apply", "apply_", "AlgorithmConfig", "Compose",
     "FoldBatchNormConfig", "FuseConfig", "TransformConfig", "TransformReport", "LayerCost", "HardwareProfile", "analyze", "example_input",
     "BudgetExceededError", "ConfigError", "UntraceableModelError", "ConvoptError", "HardwareProfileError", "InputShapeError", "InvalidSpecError", "ModelLoadError",
     "UnsupportedConvError",

@@ -89,3 +89,10 @@ def example_input(shape: Sequence[int], *, dtype: torch.dtype = torch.float32, d
     """A deterministic example input in [0, 1) of `shape` (images are scaled to [0, 1] by convention)."""
     generator = torch.Generator().manual_seed(0)
     return torch.rand(tuple(shape), generator=generator, dtype=dtype).to(device)
+
+
+def verify(reference: nn.Module, candidate: nn.Module, data: Any, config: Any = None, **kwargs: Any) -> Any:
+    """VerifyReport of `candidate` against `reference` on (x, y) tensors or a DataLoader (see convopt.verify)."""
+    from convopt.verify import verify_models
+
+    return verify_models(reference, candidate, data, config, **kwargs)

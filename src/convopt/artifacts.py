@@ -24,7 +24,7 @@ from convopt.transforms.config import TransformConfig, config_from_dict
 from convopt.transforms.pipeline import apply
 
 RECIPE_VERSION = 1
-WEIGHTS_FILE, RECIPE_FILE = "model.safetensors", "recipe.json"
+WEIGHTS_FILE, RECIPE_FILE, ORIGINAL_FILE = "model.safetensors", "recipe.json", "original.safetensors"
 
 
 def sha256_of(path: str | Path) -> str:
@@ -62,15 +62,25 @@ def _swap_into_place(staging: Path, out: Path) -> None:
         staging.rename(out)
 
 
+def _save_state(model: nn.Module, path: Path) -> None:
+    save_file({k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}, str(path))
+
+
 def save_optimized(model: nn.Module, out: str | Path, *, source: str | None, input_shape: list[int],
-                   config: TransformConfig, extra_files: dict[str, Callable[[Path], Any]] | None = None,
+                   config: TransformConfig, original: nn.Module | None = None,
+                   extra_files: dict[str, Callable[[Path], Any]] | None = None,
                    recipe_extra: dict[str, Any] | None = None) -> Path:  # fmt: skip
-    """Write model.safetensors, recipe.json and any `extra_files` ({name: writer(path)}) into `out`, atomically."""
+    """Write model.safetensors, recipe.json and any `extra_files` ({name: writer(path)}) into `out`, atomically.
+
+    With `original`, its weights go to original.safetensors, so `convopt verify DIR` can compare the
+    result with exactly the model it came from (random or user weights cannot be rebuilt otherwise).
+    """
     out = Path(out)
     staging = _staging_dir(out)
     try:
-        state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-        save_file(state, str(staging / WEIGHTS_FILE))
+        _save_state(model, staging / WEIGHTS_FILE)
+        if original is not None:
+            _save_state(original, staging / ORIGINAL_FILE)
         recipe = {
             "version": RECIPE_VERSION,
             "source": source or "",
@@ -100,6 +110,22 @@ def read_recipe(directory: str | Path) -> dict[str, Any]:
     if recipe.get("version") != RECIPE_VERSION:
         raise ModelLoadError(f"{path}: recipe version {recipe.get('version')!r} is not {RECIPE_VERSION}")
     return recipe
+
+
+def load_original(directory: str | Path) -> nn.Module:
+    """The model an optimize output folder was made from, with its original weights (eval mode)."""
+    directory = Path(directory)
+    recipe = read_recipe(directory)
+    weights = directory / ORIGINAL_FILE
+    if not weights.is_file():
+        raise ModelLoadError(f"{directory} has no {ORIGINAL_FILE}: name the reference model explicitly")
+    model = load_model(recipe["source"] or None).model
+    model.load_state_dict(load_file(str(weights)), strict=True)
+    return model.eval()
+
+
+def is_output_folder(path: str | Path | None) -> bool:
+    return path is not None and (Path(path) / RECIPE_FILE).is_file()
 
 
 def load(directory: str | Path) -> nn.Module:

@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     from convopt import cli_optimize
 
     cli_optimize.add_parser(commands, _positive_int)
+    from convopt import cli_verify
+
+    cli_verify.add_parser(commands, _positive_int)
     return parser
 
 
@@ -137,6 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from convopt import cli_optimize
 
             return cli_optimize.run(args, console)
+        if args.command == "verify":
+            from convopt import cli_verify
+
+            return cli_verify.run(args, console)
     except ConvoptError as exc:
         sys.stderr.write(f"convopt: error: {exc}\n".replace("\n", " ").rstrip() + "\n")
         return 2

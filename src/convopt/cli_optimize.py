@@ -87,6 +87,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     report["hardware"] = hardware.to_dict()
     with console.status(f"writing {out}"):
         save_optimized(result.model, out, source=args.model, input_shape=shape, config=result.recipe,
+                       original=loaded.model,
                        extra_files=_writers(result, report, hardware, x, loaded.model),
                        recipe_extra={"threads": report["threads"]})  # fmt: skip
     _print_summary(report, out, console)

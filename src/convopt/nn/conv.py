@@ -51,6 +51,12 @@ class _AlgoConvNd(nn.Module):
         """Wrap an existing nn.ConvNd (parameters shared, not copied)."""
         return cls(conv, algorithm)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # The cache is derived data (and may hold sparse tensors, which cannot be deep-copied or pickled).
+        state = self.__dict__.copy()
+        state["_prepared"], state["_cache_key"] = None, None
+        return state
+
     def _key(self) -> tuple[Any, ...]:
         w = self.weight
         return (id(w), w.data_ptr(), w._version, w.dtype, w.device)

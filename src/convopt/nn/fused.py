@@ -32,6 +32,12 @@ ACTIVATION_FUNCTIONS = {torch.relu: "relu", F.relu: "relu", torch.sigmoid: "sigm
                         F.silu: "swish", F.hardswish: "hardswish"}  # fmt: skip
 ACTIVATION_METHODS = {"relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "tanh": "tanh"}
 ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
+# The same post-ops as plain torch functions: the differentiable path (oneDNN's fused op has no autograd).
+UNARY_FUNCTIONS = {
+    "relu": lambda y, s: torch.relu(y), "hardtanh": lambda y, s: F.hardtanh(y, *s), "swish": lambda y, s: F.silu(y),
+    "sigmoid": lambda y, s: torch.sigmoid(y), "tanh": lambda y, s: torch.tanh(y),
+    "hardswish": lambda y, s: F.hardswish(y),
+}  # fmt: skip
 
 
 def fused_path_available() -> bool:
@@ -74,12 +80,21 @@ class FusedConv(nn.Module):
         self.unary, self.scalars, self.add = unary, list(scalars or []), add
 
     def forward(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
+        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+            return self._differentiable(x, other)
         args = (self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups)
         if self.add:
             return torch.ops.mkldnn._convolution_pointwise.binary(
                 x, other, *args, "add", None, self.unary, self.scalars, ""
             )
         return torch.ops.mkldnn._convolution_pointwise(x, *args, self.unary or "none", self.scalars, "")
+
+    def _differentiable(self, x: torch.Tensor, other: torch.Tensor | None) -> torch.Tensor:
+        """The same computation in separate autograd-aware ops (for training, attacks, gradcheck)."""
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.add:
+            y = y + other
+        return UNARY_FUNCTIONS[self.unary](y, self.scalars) if self.unary else y
 
     def extra_repr(self) -> str:
         ops = " + ".join(["conv"] + (["add"] if self.add else []) + ([self.unary] if self.unary else []))
