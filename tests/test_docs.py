@@ -14,3 +14,15 @@ MODULES = ["convopt.api", "convopt.transforms.pipeline", "convopt.kernels.dispat
 def test_docstring_examples(name):
     result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_readme_python_example_runs():
+    import pathlib
+    import re
+
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    block = re.search(r"## Python API\n\n```python\n(.*?)```", readme, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    assert namespace["report"].macs > 0 and namespace["transform_report"].max_rel_error < 1e-4
+    assert namespace["check"] is not None
