@@ -26,3 +26,10 @@ def test_readme_python_example_runs():
     exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
     assert namespace["report"].macs > 0 and namespace["transform_report"].max_rel_error < 1e-4
     assert namespace["check"] is not None
+
+
+def test_convopt_verify_stays_callable_after_its_submodules_are_imported():
+    import convopt
+    import convopt.verify.bounds  # noqa: F401  (this import used to shadow the function)
+
+    assert callable(convopt.verify) and callable(convopt.verify.interval_bounds)

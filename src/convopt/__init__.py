@@ -5,7 +5,8 @@ Units everywhere: one MAC is one multiply-accumulate; FLOPs = 2 x MACs.
 
 from convopt.analysis.cost import CostReport, LayerCost
 from convopt.analysis.hardware import HardwareProfile
-from convopt.api import analyze, apply, apply_, example_input, verify
+from convopt import verify  # a callable package: convopt.verify(reference, candidate, data)
+from convopt.api import analyze, apply, apply_, example_input
 from convopt.artifacts import load
 from convopt.errors import (
     BudgetExceededError, ConfigError, ConvoptError, HardwareProfileError, UntraceableModelError, InputShapeError, InvalidSpecError, ModelLoadError, UnsupportedConvError,

@@ -90,9 +90,3 @@ def example_input(shape: Sequence[int], *, dtype: torch.dtype = torch.float32, d
     generator = torch.Generator().manual_seed(0)
     return torch.rand(tuple(shape), generator=generator, dtype=dtype).to(device)
 
-
-def verify(reference: nn.Module, candidate: nn.Module, data: Any, config: Any = None, **kwargs: Any) -> Any:
-    """VerifyReport of `candidate` against `reference` on (x, y) tensors or a DataLoader (see convopt.verify)."""
-    from convopt.verify import verify_models
-
-    return verify_models(reference, candidate, data, config, **kwargs)

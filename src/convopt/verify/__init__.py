@@ -3,6 +3,9 @@
 Read-only consumers of models: nothing here changes a model's parameters or mode.
 """
 
+import sys
+import types
+
 from convopt.verify.accuracy import AccuracyReport, ModelAccuracy, evaluate_accuracy, predict_logits
 from convopt.verify.attacks import AttackCurve, AttackPoint, fgsm, pgd, robust_accuracy_curve
 from convopt.verify.bounds import IBPReport, certified_by_bounds, ibp_certify, interval_bounds
@@ -21,3 +24,16 @@ __all__ = [
     "evaluate_accuracy", "fgsm", "ibp_certify", "interval_bounds", "lower_confidence_bound", "pgd", "predict",
     "predict_logits", "profile_model", "robust_accuracy_curve", "smoothing_certify", "verify_models",
 ]  # fmt: skip
+
+
+class _CallableModule(types.ModuleType):
+    """`convopt.verify` is both this package and the function ARCHITECTURE.md promises:
+    `convopt.verify(reference, candidate, data)` runs `verify_models`, while `convopt.verify.interval_bounds`
+    and friends stay importable. (A plain function named `verify` would be shadowed by this package the
+    moment anything imported `convopt.verify.*`.)"""
+
+    def __call__(self, reference, candidate, data, config=None, **kwargs):
+        return verify_models(reference, candidate, data, config, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
