@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 from typing import Any, Callable
 
 import torch
@@ -36,23 +34,16 @@ from convopt.kernels.dispatch import check_call
 from convopt.kernels.reference import reference_conv
 from convopt.kernels.registry import get_algorithm
 from convopt.testing import normwise_error
+from convopt.timing import interleaved_times
 
 _CONV = {2: F.conv2d, 3: F.conv3d}
 SWEEP_KERNELS = (3, 5, 7, 9, 11, 13, 15, 21, 31)
 
 
-def interleaved_medians(fns: dict[str, Callable[[], Any]], warmup: int, repeats: int) -> dict[str, float]:
-    """Median seconds per candidate; each repeat runs every candidate once, in turn."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+def interleaved_medians(fns: dict[str, Callable[[], Any]], warmup: int = 2, repeats: int = 7) -> dict[str, float]:
+    """Median seconds per candidate, timed in alternating rounds (convopt.timing.interleaved_times)."""
+    times = interleaved_times(fns, warmup=warmup, repeats=repeats)
+    return {name: timing.median_s for name, timing in times.items()}
 
 
 def run_case(label: str, batch: int, channels: int, size: int, kernel: int, dims: int, args) -> dict[str, Any]:

@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
+
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ from convopt.analysis.hardware import measure_profile
 from convopt.io import atomic_write_text
 from convopt.kernels.sparse import break_even_sparsity, n_m_mask, prepare, run, sparsity
 from convopt.spec import ConvSpec
+from convopt.timing import interleaved_times
 
 LAYERS = {"layer2.conv 128@28": (128, 28), "layer3.conv 256@14": (256, 14)}  # ResNet-18 3x3, stride 1
 SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
@@ -41,18 +42,10 @@ def magnitude_prune(weight: torch.Tensor, fraction: float) -> torch.Tensor:
     return weight * (weight.abs() > threshold)
 
 
-def side_by_side(fns: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds of each function, timed in alternation."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+def side_by_side(fns: dict[str, Callable[[], Any]], warmup: int = 2, repeats: int = 7) -> dict[str, float]:
+    """Median seconds per candidate, timed in alternating rounds (convopt.timing.interleaved_times)."""
+    times = interleaved_times(fns, warmup=warmup, repeats=repeats)
+    return {name: timing.median_s for name, timing in times.items()}
 
 
 def crossing(points: list[tuple[float, float]]) -> float | None:
@@ -81,7 +74,7 @@ def bench_case(name: str, channels: int, size: int, batch: int, repeats: int) ->
         prepared = prepare(weight, spec)
         fns = {"direct": lambda: F.conv2d(x, weight, padding=1), "sparse": lambda: run(x, prepared, None, spec)}
         error = float((fns["direct"]() - fns["sparse"]()).abs().max())
-        t = side_by_side(fns, repeats)
+        t = side_by_side(fns, repeats=repeats)
         r = {"sparsity": label, "measured_sparsity": sparsity(weight), "nnz": prepared.nnz,
              "n_m_stored": prepared.n_m is not None, "direct_ms": t["direct"] * 1e3, "sparse_ms": t["sparse"] * 1e3,
              "ratio": t["direct"] / t["sparse"], "max_abs_diff": error,

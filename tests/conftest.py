@@ -37,3 +37,13 @@ def _cached_profile(_isolated_cache, quick_profile):
 
     profile_id = machine_fingerprint(quick_profile.threads)["id"]
     atomic_write_text(cache_dir() / "hardware" / f"{profile_id}.json", json.dumps(quick_profile.to_dict()))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module: the suite shares two cores, and for small tensors OpenMP's
+    second thread mostly waits on the first (use with pytestmark = pytest.mark.usefixtures("one_thread"))."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -14,13 +14,7 @@ from convopt.verify import fgsm, pgd, robust_accuracy_curve
 from convopt.verify.attacks import input_gradient, perturbation_norm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the suite shares two cores, and OpenMP's second thread mostly waits on the first."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def binary_linear(dims: int = 20, seed: int = 0):

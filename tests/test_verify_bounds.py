@@ -12,13 +12,7 @@ from convopt.models import default_model
 from convopt.verify import ibp_certify, interval_bounds
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the suite shares two cores, and OpenMP's second thread mostly waits on the first."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def box_points(x: torch.Tensor, eps: float, n: int, corners: int, seed: int = 0) -> torch.Tensor:

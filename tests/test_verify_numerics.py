@@ -18,13 +18,7 @@ from convopt.verify.alignment import align
 from convopt.verify.numerics import OUTPUT
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the suite shares two cores, and OpenMP's second thread mostly waits on the first."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_net(names: bool = True) -> nn.Sequential:

@@ -17,13 +17,7 @@ from convopt.report.verify_html import line_chart, render_verify_html, write_ver
 from convopt.verify import VerifyConfig, profile_model, verify_models
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the suite shares two cores, and OpenMP's second thread mostly waits on the first."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cnn(seed: int = 0) -> nn.Module:

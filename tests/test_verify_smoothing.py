@@ -14,13 +14,7 @@ from convopt.errors import ConvoptError
 from convopt.verify import ABSTAIN, certify, lower_confidence_bound, predict, smoothing_certify
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: the suite shares two cores, and OpenMP's second thread mostly waits on the first."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def linear_classifier(dims: int = 10, seed: int = 0) -> tuple[nn.Linear, torch.Tensor, float]:
