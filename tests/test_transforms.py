@@ -203,3 +203,16 @@ def test_models_with_cached_sparse_weights_can_be_copied():
     with torch.no_grad():
         expected = model(x)  # fills the sparse weight cache
         torch.testing.assert_close(copy.deepcopy(model)(x), expected)
+
+
+def test_backend_config_wraps_for_inductor_and_keeps_eager_for_training():
+    from convopt.transforms.backend import InductorModule
+
+    model, x = default_model(), torch.rand(2, 1, 28, 28)
+    wrapped, report = convopt.apply(model, convopt.BackendConfig("inductor"))
+    assert isinstance(wrapped, InductorModule) and "inductor" in report.steps[0].changed["*"]
+    assert set(wrapped.state_dict()) == {f"model.{k}" for k in model.state_dict()}
+    torch.testing.assert_close(wrapped(x), model(x))  # grad mode: runs eagerly, no compilation
+    assert wrapped._compiled is None
+    with pytest.raises(convopt.ConfigError, match="backend"):
+        convopt.BackendConfig("tensorrt")

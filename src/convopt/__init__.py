@@ -9,19 +9,22 @@ from convopt import verify  # a callable package: convopt.verify(reference, cand
 from convopt.api import analyze, apply, apply_, example_input
 from convopt.artifacts import load
 from convopt.errors import (
-    BudgetExceededError, ConfigError, ConvoptError, HardwareProfileError, UntraceableModelError, InputShapeError, InvalidSpecError, ModelLoadError, UnsupportedConvError,
+    BudgetExceededError, ConfigError, ConvoptError, HardwareProfileError, InputShapeError, InvalidSpecError,
+    ModelLoadError, UnsupportedConvError, UntraceableModelError,
 )  # fmt: skip
 from convopt.kernels import conv, list_algorithms
 from convopt.spec import ConvSpec
 from convopt.transforms import (
-    AlgorithmConfig, Compose, FoldBatchNormConfig, FuseConfig, TransformConfig, TransformReport,
+    AlgorithmConfig, BackendConfig, Compose, FoldBatchNormConfig, FuseConfig, LayoutConfig, TransformConfig,
+    TransformReport,
 )  # fmt: skip
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConvSpec", "conv", "list_algorithms", "load", "verify", "CostReport", "apply", "apply_", "AlgorithmConfig", "Compose",
-    "FoldBatchNormConfig", "FuseConfig", "TransformConfig", "TransformReport", "LayerCost", "HardwareProfile", "analyze", "example_input",
-    "BudgetExceededError", "ConfigError", "UntraceableModelError", "ConvoptError", "HardwareProfileError", "InputShapeError", "InvalidSpecError", "ModelLoadError",
-    "UnsupportedConvError",
+    "ConvSpec", "conv", "list_algorithms", "load", "verify", "analyze", "apply", "apply_", "example_input",
+    "CostReport", "LayerCost", "HardwareProfile", "TransformConfig", "TransformReport", "Compose",
+    "AlgorithmConfig", "BackendConfig", "FoldBatchNormConfig", "FuseConfig", "LayoutConfig",
+    "ConvoptError", "BudgetExceededError", "ConfigError", "HardwareProfileError", "InputShapeError",
+    "InvalidSpecError", "ModelLoadError", "UnsupportedConvError", "UntraceableModelError",
 ]  # fmt: skip

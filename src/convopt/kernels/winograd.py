@@ -1,16 +1,22 @@
 """Winograd minimal filtering F(m x m, 3 x 3): `winograd_f2`, `winograd_f4`, `winograd_f6`.
 
-Lavin & Gray 2015, "Fast Algorithms for Convolutional Neural Networks" (arXiv:1509.09308). Each output
-tile of m x m is computed from an a x a input tile (a = m + 2) as Y = A^T [(G g G^T) * (B^T d B)] A; the
-channel reduction happens elementwise in the transform domain, so for a whole layer it becomes one
-batched GEMM with a^2 batches (times groups). Multiplications per output in that GEMM, against 9 for
-direct convolution: F(2,3) 16/4 = 4 (2.25x fewer), F(4,3) 36/16 = 2.25 (4x), F(6,3) 64/36 = 1.78 (5.06x),
-before the tiles that overhang the output edge. Transformed filters take a^2/9 of the weight's storage.
-Transform matrices: `convopt.kernels.winograd_transforms` (computed from interpolation points).
+Lavin & Gray 2015, "Fast Algorithms for Convolutional Neural Networks" (arXiv:1509.09308). Each m x m
+output tile comes from an a x a input tile (a = m + 2) as Y = A^T [(G g G^T) * (B^T d B)] A. The channel
+reduction happens elementwise in the transform domain, so a whole layer becomes one batched GEMM with
+a^2 batches (times groups). Multiplications per output in that GEMM, against 9 for direct convolution:
+F(2,3) 16/4 = 4 (2.25x fewer), F(4,3) 36/16 = 2.25 (4x), F(6,3) 64/36 = 1.78 (5.06x), before the
+tiles that overhang the output edge (a 14x14 output takes 16x16 of F(4,3) tiles). Transformed filters
+take a^2/9 of the weight's storage (16/9, 36/9, 64/9). Matrices: `convopt.kernels.winograd_transforms`.
 
-Numerics (normwise error, max|y - y_ref| / max(|x| conv |w|), fp32, random N(0, 1) data, ResNet-18 3x3
-shapes; limits in `convopt.testing`): F(2,3) ~2e-7, F(4,3) ~1e-6, F(6,3) ~3e-6. Float32 and float64
-only: the error grows with the tile, so low precision is refused (REFERENCES.md s.3).
+Layout: channels-last inside (every copy moves runs of C contiguous values); the output keeps the input's
+memory format. Stages: pad + tile gather + input transform (memory-bound), the batched GEMM
+V (a^2, P, C) @ U (a^2, C, K) with P = N x tiles, output transform + reassembly (memory-bound).
+`benchmarks/bench_winograd.py` times them against F.conv2d.
+
+Numerics: normwise error max|y - y_ref| / max(|x| conv |w|) in fp32, random N(0, 1) data, ResNet-18's 3x3
+layers, batch 8, two seeds: F(2,3) <= 1.1e-7, F(4,3) <= 7.7e-7, F(6,3) <= 3.6e-6 (limits 1e-5, 1e-5,
+5e-5 in `convopt.testing`). Float32 and float64 only: the error grows with the tile, so low precision is
+refused (REFERENCES.md s.3).
 """
 
 from __future__ import annotations
@@ -21,23 +27,32 @@ from typing import NamedTuple
 import torch
 
 from convopt.kernels.registry import ConvAlgorithm, float_dtype_reason, register_algorithm, require
-from convopt.kernels.winograd_transforms import kron_matrices, multiplications_per_output
+from convopt.kernels.winograd_transforms import kron_matrices, multiplications_per_output, winograd_matrices
 from convopt.spec import ConvSpec
 
 R = 3  # filter size handled (F(m x m, 3 x 3))
 
 
-@lru_cache(maxsize=None)
-def _matrices(m: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """kron(A^T, A^T) (m^2, a^2), kron(B^T, B^T) (a^2, a^2) in `dtype`, and the flat index of point (1, 1).
+class _Matrices(NamedTuple):
+    bt: torch.Tensor  # B^T (a, a)
+    bt_batch: torch.Tensor  # B^T repeated (a, a, a): one per tile row, for a batched GEMM
+    at2: torch.Tensor  # kron(A^T, A^T) (m^2, a^2)
+    one: int  # flat index of transform point (1, 1)
 
-    Every entry of A^T and B^T is exact in float32 for the points used (integers and powers of 1/2).
-    The point p = 1 has the all-ones column of A^T, so adding b at transform point (1, 1) adds b to
-    every output of the tile: that is where the bias goes, at 1/a^2 of the cost of adding it at the end.
+
+@lru_cache(maxsize=None)
+def _matrices(m: int, dtype: torch.dtype, device: torch.device) -> _Matrices:
+    """The data transforms in `dtype`; every entry of A^T and B^T is exact in float32 for the points used.
+
+    The point p = 1 has the all-ones column of A^T, so adding b at transform point (1, 1) adds b to every
+    output of the tile: that is where the bias goes, at 1/a^2 of the cost of adding it to the output.
     """
-    at2, _, bt2 = kron_matrices(m, R)
-    ones = [j for j in range(at2.shape[1]) if bool((at2[:, j] == 1).all())]
-    return at2.to(dtype), bt2.to(dtype), ones[0]
+    at, _, bt = winograd_matrices(m, R)
+    at2 = torch.kron(at, at)
+    one = [j for j in range(at2.shape[1]) if bool((at2[:, j] == 1).all())][0]
+    a = bt.shape[0]
+    bt = bt.to(dtype=dtype, device=device)
+    return _Matrices(bt, bt.expand(a, a, a).contiguous(), at2.to(dtype=dtype, device=device), one)
 
 
 def transform_filters(weight: torch.Tensor, spec: ConvSpec, m: int) -> torch.Tensor:
@@ -55,7 +70,7 @@ def transform_filters(weight: torch.Tensor, spec: ConvSpec, m: int) -> torch.Ten
     c_out, c_in_g = weight.shape[:2]
     groups = spec.groups
     # (a^2, 9) @ (9, C_out * C_in_g) -> (a^2, C_out * C_in_g), C_out split as (groups, C_out_g).
-    u = g2 @ weight.to(torch.float64).reshape(c_out * c_in_g, R * R).t()
+    u = g2.to(weight.device) @ weight.to(torch.float64).reshape(c_out * c_in_g, R * R).t()
     u = u.view(-1, groups, c_out // groups, c_in_g).transpose(2, 3)  # (a^2, G, C_in_g, C_out_g)
     return u.to(weight.dtype).contiguous()
 
@@ -88,18 +103,36 @@ def input_transform(x: torch.Tensor, spec: ConvSpec, t: Tiling) -> torch.Tensor:
     """V = B^T d B for every a x a input tile d of every channel: x (N, C, H, W) -> V (a^2, P, C).
 
     Channels-last inside, so both copies move runs of C contiguous values: one pad (which is also the
-    NCHW -> NHWC transpose) and one gather of the overlapping tiles; the transform is then one GEMM.
+    NCHW -> NHWC transpose) and one gather of the overlapping tiles. B^T d B is then applied one side at
+    a time (2a multiply-adds per value instead of a^2 for kron(B^T, B^T)), each side one GEMM.
     """
     a, m = t.a, t.m
     n, c, h, w = x.shape
-    (top, bottom), (left, right) = spec.padding
-    # Pad so every tile, overhanging ones included, lies inside: (N, th*m + 2, tw*m + 2, C).
-    extra_h, extra_w = t.th * m + R - 1 - (h + top + bottom), t.tw * m + R - 1 - (w + left + right)
-    xp = torch.nn.functional.pad(x.permute(0, 2, 3, 1), (0, 0, left, right + extra_w, top, bottom + extra_h))
+    mats = _matrices(m, x.dtype, x.device)
+    xp = _padded_nhwc(x, spec, t)
     sn, sh, sw, sc = xp.stride()
-    # Overlapping tiles as a view (a, a, N, th, tw, C); reshape copies it to D (a^2, P * C).
-    d = xp.as_strided((a, a, n, t.th, t.tw, c), (sh, sw, sn, m * sh, m * sw, sc)).reshape(a * a, t.tiles * c)
-    return (_matrices(m, x.dtype)[1] @ d).view(a * a, t.tiles, c)
+    # Overlapping tiles as a view (a, a, N, th, tw, C); reshape copies it to D (a_row, a_col, P * C).
+    d = xp.as_strided((a, a, n, t.th, t.tw, c), (sh, sw, sn, m * sh, m * sw, sc)).reshape(a, a, t.tiles * c)
+    d = torch.bmm(mats.bt_batch, d)  # per tile row u: B^T (a, a_col) @ (a_col, P * C) -> (a_row, a, P * C)
+    return (mats.bt @ d.view(a, -1)).view(a * a, t.tiles, c)  # B^T (a, a_row) @ (a_row, a * P * C) -> (a^2, P, C)
+
+
+def _padded_nhwc(x: torch.Tensor, spec: ConvSpec, t: Tiling) -> torch.Tensor:
+    """x (N, C, H, W) zero-padded so every tile, overhanging ones included, lies inside: (N, th*m+2, tw*m+2, C).
+
+    One copy (for NCHW input also the transpose to channels-last); only the border is zeroed, where
+    F.pad would zero the whole buffer first.
+    """
+    n, c, h, w = x.shape
+    (top, _), (left, _) = spec.padding
+    hp, wp = t.th * t.m + R - 1, t.tw * t.m + R - 1
+    xp = x.new_empty(n, hp, wp, c)
+    xp[:, :top].zero_()
+    xp[:, top + h :].zero_()
+    xp[:, top : top + h, :left].zero_()
+    xp[:, top : top + h, left + w :].zero_()
+    xp[:, top : top + h, left : left + w].copy_(x.permute(0, 2, 3, 1))
+    return xp
 
 
 def channel_reduction(v: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -117,16 +150,37 @@ def channel_reduction(v: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
 
 
 def output_transform(mm: torch.Tensor, bias: torch.Tensor | None, t: Tiling, channels_last: bool) -> torch.Tensor:
-    """Y = A^T M A per tile, plus bias, reassembled and cropped: M (a^2, P, K) -> (N, K, H_out, W_out)."""
+    """Y = A^T M A per tile, plus bias, reassembled and cropped: M (a^2, P, K) -> (N, K, H_out, W_out).
+
+    Channels-last output: the tiles are copied straight into place (overhanging tiles cropped on the way).
+    NCHW output: tiles are assembled channels-last first (copies of runs of K values), then one transposing
+    copy crops; measured faster than one copy that scatters single values.
+    """
     a, m = t.a, t.m
     k = mm.shape[2]
-    at2, _, one = _matrices(m, mm.dtype)
+    mats = _matrices(m, mm.dtype, mm.device)
     if bias is not None:
-        mm[one] += bias  # in place on the product (the GEMM's backward does not need it)
-    y = (at2 @ mm.view(a * a, t.tiles * k)).view(m, m, t.n, t.th, t.tw, k)
-    # (m, m, N, th, tw, K) -> (N, th, m, tw, m, K) -> (N, th*m, tw*m, K), crop the overhang, -> (N, K, H, W).
-    y = y.permute(2, 3, 0, 4, 1, 5).reshape(t.n, t.th * m, t.tw * m, k)[:, : t.h_out, : t.w_out].permute(0, 3, 1, 2)
-    return y.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        mm[mats.one] += bias  # in place on the product (the GEMM's backward does not need it)
+    y = (mats.at2 @ mm.view(a * a, t.tiles * k)).view(m, m, t.n, t.th, t.tw, k)
+    tiles = y.permute(2, 3, 0, 4, 1, 5)  # (m, m, N, th, tw, K) -> (N, th, m, tw, m, K)
+    if not channels_last:
+        nhwc = tiles.reshape(t.n, t.th * m, t.tw * m, k)
+        return nhwc[:, : t.h_out, : t.w_out].permute(0, 3, 1, 2).contiguous()
+    out = mm.new_empty(t.n, t.h_out, t.w_out, k)
+    for rows, tile_rows, height in _blocks(t.h_out, m, t.th):
+        for cols, tile_cols, width in _blocks(t.w_out, m, t.tw):
+            src = tiles[:, tile_rows, :height, tile_cols, :width]  # (N, th', h, tw', w, K)
+            out[:, rows, cols].view(src.shape).copy_(src)
+    return out.permute(0, 3, 1, 2)
+
+
+def _blocks(size: int, m: int, tiles: int) -> list[tuple[slice, slice, int]]:
+    """(output slice, tile slice, rows used per tile) for the whole tiles and the cropped last one."""
+    whole = size // m
+    blocks = [(slice(0, whole * m), slice(0, whole), m)] if whole else []
+    if size > whole * m:
+        blocks.append((slice(whole * m, size), slice(whole, tiles), size - whole * m))
+    return blocks
 
 
 def winograd_conv(x: torch.Tensor, u: torch.Tensor, bias: torch.Tensor | None, spec: ConvSpec, m: int) -> torch.Tensor:

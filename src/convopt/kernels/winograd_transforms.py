@@ -27,11 +27,14 @@ from functools import lru_cache
 
 import torch
 
-# Interpolation points (the point at infinity is implicit). Chosen by measured fp32 normwise error on
-# ResNet-18 layer shapes; see tests/test_winograd.py for the envelope they achieve.
+# Interpolation points (the point at infinity is implicit), all dyadic so A^T and B^T are exact in fp32.
+# Chosen by measured fp32 normwise error on ResNet-18's 3x3 layers (random data, batch 8): for F(4,3) the
+# pair (2, -1/2) instead of the textbook (2, -2) cuts the error about 3x (~7e-7 against ~2e-6); for F(6,3)
+# the textbook (+-2, +-1/2) measured best among dyadic sets of 4 from {+-1/4, +-1/2, +-3/4, +-5/4, +-3/2,
+# +-2, +-4}.
 POINTS: dict[int, tuple[Fraction, ...]] = {
     2: (Fraction(0), Fraction(1), Fraction(-1)),
-    4: (Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2)),
+    4: (Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-1, 2)),
     6: (Fraction(0), Fraction(1), Fraction(-1), Fraction(2), Fraction(-2), Fraction(1, 2), Fraction(-1, 2)),
 }
 

@@ -18,6 +18,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from convopt.transforms.backend import InductorModule
+
 
 @dataclass
 class Backend:
@@ -25,6 +27,7 @@ class Backend:
     run: Callable[[], Any] | None
     build_seconds: float
     unavailable: str | None = None
+    module: nn.Module | None = None  # the runnable model, when it can be kept (inductor)
 
 
 def _first(output: Any) -> torch.Tensor:
@@ -34,26 +37,18 @@ def _first(output: Any) -> torch.Tensor:
 def inductor_backend(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Backend:
     """torch.compile with inductor, weight freezing and channels_last; compiled (and warmed) here."""
     start = time.perf_counter()
+    module = InductorModule(copy.deepcopy(model).to(memory_format=torch.channels_last))
     try:
-        import torch._inductor.config as inductor_config
-
-        compiled_source = copy.deepcopy(model).to(memory_format=torch.channels_last)
-        previous = inductor_config.freezing
-        inductor_config.freezing = True
-        try:
-            compiled = torch.compile(compiled_source)
-            with torch.no_grad():
-                compiled(*inputs)  # the first call compiles
-        finally:
-            inductor_config.freezing = previous
+        with torch.no_grad():
+            module(*inputs)  # the first call compiles
     except Exception as exc:  # compilation can fail in many ways; the report says which
         return Backend("torch.compile", None, time.perf_counter() - start, f"{type(exc).__name__}: {exc}".splitlines()[0])
 
     def run() -> Any:
         with torch.no_grad():
-            return compiled(*inputs)
+            return module(*inputs)
 
-    return Backend("torch.compile", run, time.perf_counter() - start)
+    return Backend("torch.compile", run, time.perf_counter() - start, module=module)
 
 
 def export_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: str | Path) -> None:
