@@ -180,11 +180,11 @@ def optimize(model: nn.Module, example_inputs: Any, *, name: str = "model", data
     for layer in tune.layers if tune else []:
         spec = ConvSpec.from_module(model.get_submodule(layer.name))
         read, written = spec.bytes_moved(layer.input_shape)
-        chosen = next((s.changed[n] for s in transform.steps for n in s.changed if fnmatch.fnmatch(layer.name, n)
-                       and s.config["type"] == "FuseConfig"), None)  # fmt: skip
+        fused = next((s.changed[n] for s in transform.steps for n in s.changed if fnmatch.fnmatch(layer.name, n)
+                      and s.config["type"] == "FuseConfig"), None)  # fmt: skip
         layers.append({"name": layer.name, "algorithm": layer.chosen, "candidates": layer.candidates,
                        "errors": layer.errors, "skipped": layer.skipped, "from_cache": layer.from_cache,
-                       "fused": chosen, "macs": spec.macs(layer.input_shape), "bytes": read + written})  # fmt: skip
+                       "fused": fused, "macs": spec.macs(layer.input_shape), "bytes": read + written})  # fmt: skip
     report = OptimizeReport(
         model=name,
         input_shape=list(inputs[0].shape),
