@@ -44,13 +44,14 @@ def check_call(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
 
 def auto_algorithm(spec: ConvSpec, dtype: torch.dtype) -> str:
     """Interim cost rule (the autotuner replaces it with measurement): Winograd F(4,3) for wide 3x3 stride-1
-    convs, FFT for large kernels, PyTorch's direct conv otherwise."""
+    convs (>= 128 channels per group: at 64 channels oneDNN's direct conv wins here), FFT for large kernels
+    (2-D k >= 11, 3-D k^3 >= 125: the measured break-even at batch 1), PyTorch's direct conv otherwise."""
     k_volume = 1
     for k in spec.kernel_size:
         k_volume *= k
     per_group_in, per_group_out = spec.in_channels // spec.groups, spec.out_channels // spec.groups
     candidates = []
-    if spec.dims == 2 and spec.kernel_size == (3, 3) and per_group_in >= 64 and per_group_out >= 64:
+    if spec.dims == 2 and spec.kernel_size == (3, 3) and per_group_in >= 128 and per_group_out >= 128:
         candidates.append("winograd_f4")
     if (spec.dims == 2 and k_volume >= 121) or (spec.dims == 3 and k_volume >= 125) or (spec.dims == 1 and k_volume >= 64):
         candidates.append("fft")
