@@ -40,6 +40,9 @@ def test_output_folder_and_report_keys(default_run):
     assert set(report["latency_ms"]) >= {"batch", "before", "after"} and report["latency_ms"]["batch"] == 4
     assert report["max_rel_error"] < 1e-4
     assert set(report["size_bytes"]) == {"before", "after"}
+    numerics = report["numerics"]  # the verify numerics section, embedded
+    assert numerics["first_failing"] is None and len(numerics["layers"]) >= 9
+    assert all(layer["sqnr_db"] > 80 for layer in numerics["layers"])
     assert len(report["layers"]) == 9
     for layer in report["layers"]:
         assert layer["algorithm"] in layer["candidates"] and "direct" in layer["candidates"]

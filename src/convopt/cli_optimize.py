@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from torch import nn
 
 DEFAULT_OUT = "convopt-out"
 
@@ -78,11 +80,25 @@ def run(args: argparse.Namespace, console: Console) -> int:
     x = example_input(shape)
     data = load_data(args.data, input_shape=shape) if args.data else None
     hardware = load_or_measure(args.threads, log=lambda m: console.print(f"[dim]{m}[/dim]"))
-    with console.status("optimizing") as status:
+    convs = sum(isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for m in loaded.model.modules())
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=True) as bars:  # fmt: skip
+        stage = bars.add_task("optimizing", total=None)
+        tuning = bars.add_task("tuning conv layers", total=convs)
+        evaluating = bars.add_task("evaluating", total=None, visible=data is not None)
+
+        def on_message(message: str) -> None:
+            bars.update(stage, description=message)
+            if message.startswith("tuning "):
+                bars.advance(tuning)
+
+        def on_batch(done: int, total: int) -> None:
+            bars.update(evaluating, completed=done, total=total)
+
         result = optimize(loaded.model, x, name=loaded.name, data=data, budget_error=args.budget_error,
                           max_rel_error=args.max_rel_error, threads=args.threads, repeats=args.repeats,
                           compare_backends=not args.no_compare, graph_passes=not args.no_graph_passes,
-                          progress=status.update)  # fmt: skip
+                          progress=on_message, on_batch=on_batch)  # fmt: skip
     report = result.report.to_dict()
     report["hardware"] = hardware.to_dict()
     with console.status(f"writing {out}"):

@@ -27,6 +27,7 @@ from convopt.timing import fixed_threads, interleaved_times
 from convopt.transforms import AlgorithmConfig, BackendConfig, Compose, FoldBatchNormConfig, FuseConfig, LayoutConfig
 from convopt.transforms.config import relative_error
 from convopt.transforms.pipeline import apply, as_inputs
+from convopt.verify.numerics import compare_numerics
 
 
 @dataclass
@@ -44,6 +45,7 @@ class OptimizeReport:
     fastest: str
     chosen_backend: str
     tuning: dict[str, Any]
+    numerics: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -116,7 +118,8 @@ def build_recipe(model: nn.Module, inputs: tuple[Any, ...], *, budget_error: flo
 def optimize(model: nn.Module, example_inputs: Any, *, name: str = "model", data: Any = None,
              budget_error: float = 1e-5, max_rel_error: float = 1e-4, threads: int | None = None,
              repeats: int = 7, cache: TuningCache | None = None, compare_backends: bool = True,
-             graph_passes: bool = True, progress: Callable[[str], None] | None = None) -> OptimizeResult:  # fmt: skip
+             graph_passes: bool = True, progress: Callable[[str], None] | None = None,
+             on_batch: Callable[[int, int], None] | None = None) -> OptimizeResult:  # fmt: skip
     """Optimize `model` for `example_inputs` on this machine (see module docstring); the original is untouched."""
     start = time.perf_counter()
     inputs = as_inputs(example_inputs)
@@ -127,7 +130,7 @@ def optimize(model: nn.Module, example_inputs: Any, *, name: str = "model", data
         model = model.eval()
         trace_forward(model, inputs)  # a model that rejects the inputs fails here, naming the layer
         say("measuring accuracy of the original")
-        accuracy_before = evaluate(model, data)
+        accuracy_before = evaluate(model, data, progress=on_batch)
         recipe, tune = build_recipe(model, inputs, budget_error=budget_error, repeats=repeats, cache=cache,
                                     notes=notes, graph_passes=graph_passes,
                                     progress=lambda layer: say(f"tuning {layer}"))  # fmt: skip
@@ -138,8 +141,10 @@ def optimize(model: nn.Module, example_inputs: Any, *, name: str = "model", data
             error = relative_error(model(check_inputs), optimized(check_inputs))
         if error > max_rel_error:
             raise BudgetExceededError(f"optimized outputs differ by {error:.2e} (relative) > {max_rel_error:.0e}")
+        say("comparing every layer with the original")
+        numerics = compare_numerics(model, optimized, check_inputs[:32])
         say("measuring accuracy of the result")
-        accuracy_after = evaluate(optimized, data)
+        accuracy_after = evaluate(optimized, data, progress=on_batch)
         backends: list[Backend] = []
         if compare_backends:
             say("building torch.compile (inductor) for comparison")
@@ -199,6 +204,7 @@ def optimize(model: nn.Module, example_inputs: Any, *, name: str = "model", data
         fastest=fastest,
         chosen_backend=chosen,
         tuning=tune.to_dict() if tune else {},
+        numerics=numerics.to_dict(),
         notes=notes,
         seconds=time.perf_counter() - start,
     )

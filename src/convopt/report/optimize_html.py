@@ -14,7 +14,7 @@ h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid 
 table{border-collapse:collapse;font-size:.85rem;width:100%}td,th{padding:.25rem .5rem;border-bottom:1px solid #eee;
 text-align:right}td:first-child,th:first-child{text-align:left}.cards{display:flex;gap:1rem;flex-wrap:wrap}
 .card{border:1px solid #ddd;border-radius:8px;padding:.8rem 1rem;min-width:180px}.card b{font-size:1.3rem;display:block}
-.note{color:#555;font-size:.9rem}.chart svg{max-width:100%;height:auto}.best{font-weight:bold;color:#176317}
+.note{color:#555;font-size:.9rem}tr.fail td{color:#b00020;font-weight:bold}.chart svg{max-width:100%;height:auto}.best{font-weight:bold;color:#176317}
 """
 
 
@@ -132,6 +132,14 @@ def render(report: dict[str, Any], hardware: HardwareProfile) -> str:
         for p in report["passes"]
     )
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in report["notes"])
+    numerics = report.get("numerics") or {"layers": []}
+    numeric_rows = "".join(
+        f"<tr class='{'' if n['passed'] else 'fail'}'><td>{html.escape(n['name'])}</td>"
+        f"<td>{html.escape(n['candidate_name'])}</td><td>{html.escape(n['matched_by'])}</td>"
+        f"<td>{n['max_abs_error']:.2e}</td><td>{n['sqnr_db']:.1f}</td><td>{n['cosine']:.6f}</td></tr>"
+        for n in numerics["layers"]
+    )
+    first_failing = numerics.get("first_failing")
     hw = hardware
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>convopt report: {html.escape(report['model'])}</title><style>{CSS}</style></head><body>
@@ -145,6 +153,12 @@ tuning: {report['tuning'].get('cache_hits', 0)} of {len(report['layers'])} layer
 <h2>Roofline, before and after</h2><div class="chart" id="chart-roofline">{roofline_chart(report['layers'], hw)}</div>
 <h2>Chosen algorithm per layer (every candidate, ms)</h2>
 <table><tr><th>layer</th><th>algorithm</th><th>fused</th><th colspan="8">candidates, fastest first</th></tr>{rows}</table>
+<h2>Numerics, layer by layer (convopt's kernels vs the original)</h2>
+<p class="note">{'first layer over the tolerance: ' + html.escape(first_failing) if first_failing else
+'every layer within tolerance'} (SQNR floor {numerics.get('min_sqnr_db', 0):.0f} dB,
+{numerics.get('num_samples', 0)} samples)</p>
+<table><tr><th>layer</th><th>candidate</th><th>matched by</th><th>max |err|</th><th>SQNR dB</th><th>cosine</th></tr>
+{numeric_rows}</table>
 <h2>Passes</h2><table><tr><th>pass</th><th>changed</th><th>skipped</th><th>rel. error after</th></tr>{passes}</table>
 <h2>Notes</h2><ul>{notes}</ul>
 <h2>Hardware profile</h2><p>{html.escape(str(hw.fingerprint.get('cpu_model')))}, {hw.threads} threads, torch
