@@ -88,17 +88,16 @@ def test_comparison_with_torch_compile_and_onnxruntime(tmp_path, capsys):
     timed = {name: entry["ms"] for name, entry in backends.items() if entry["ms"]}
     assert report["fastest"] == min(timed, key=timed.get)  # the report names the real winner
     recipe = json.loads((tmp_path / "out" / "recipe.json").read_text())
-    if report["fastest"] == "torch.compile":  # deployed through inductor, and said so
-        assert report["chosen_backend"] == "torch.compile"
-        assert recipe["config"]["steps"][-1] == {"type": "BackendConfig", "modules": "*", "backend": "inductor"}
+    if report["fastest"] in ("torch.compile", "onnxruntime"):  # deployed through the winner, and said so
+        assert report["chosen_backend"] == report["fastest"]
+        backend = {"torch.compile": "inductor", "onnxruntime": "onnxruntime"}[report["fastest"]]
+        assert recipe["config"]["steps"][-1] == {"type": "BackendConfig", "modules": "*", "backend": backend}
         assert any("runs through it" in note for note in report["notes"])
         x = torch.rand(4, 1, 28, 28)
         with torch.no_grad():
             torch.testing.assert_close(convopt.load(tmp_path / "out")(x), default_model()(x), rtol=1e-4, atol=1e-4)
     else:
         assert report["chosen_backend"] == "convopt"
-        if report["fastest"] != "convopt":
-            assert any("faster than convopt" in note for note in report["notes"])
 
 
 def test_untraceable_model_is_a_clear_error(tmp_path, capsys):

@@ -216,3 +216,16 @@ def test_backend_config_wraps_for_inductor_and_keeps_eager_for_training():
     assert wrapped._compiled is None
     with pytest.raises(convopt.ConfigError, match="backend"):
         convopt.BackendConfig("tensorrt")
+
+
+def test_onnxruntime_backend_matches_and_keeps_state_dict_keys():
+    from convopt.transforms.backend import OnnxRuntimeModule
+
+    model = default_model()
+    wrapped, _ = convopt.apply(model, convopt.BackendConfig("onnxruntime"))
+    assert isinstance(wrapped, OnnxRuntimeModule)
+    assert set(wrapped.state_dict()) == {f"model.{k}" for k in model.state_dict()}
+    with torch.no_grad():
+        for batch in (3, 5):  # exported with a dynamic batch dimension
+            x = torch.rand(batch, 1, 28, 28)
+            torch.testing.assert_close(wrapped(x), model(x), rtol=1e-4, atol=1e-4)

@@ -35,7 +35,7 @@ def add_parser(commands: Any, positive_int: Any) -> None:
 
 def _writers(result: Any, report: dict[str, Any], hardware: Any, inputs: torch.Tensor, original: Any) -> dict:
     from convopt.report.optimize_html import render
-    from convopt.search.backends import export_onnx
+    from convopt.transforms.backend import export_onnx
 
     notes: list[str] = report["notes"]
 

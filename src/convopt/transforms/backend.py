@@ -1,14 +1,17 @@
 """Run the whole model through another execution backend when it measured fastest and passed verification.
 
-convopt's own kernels and passes work op by op in eager mode; inductor (torch.compile) generates fused
-code for the whole graph. Where inductor wins on this machine, the honest answer is to use it: the
-optimizer then records BackendConfig("inductor") in the recipe, and `convopt.load` returns the model
-wrapped so that it is compiled (with weight freezing) on its first call.
+convopt's own kernels and passes work op by op in eager mode; inductor (torch.compile) and ONNX Runtime
+run the whole graph. Where one of them wins on this machine, the honest answer is to use it: the
+optimizer then records BackendConfig("inductor" | "onnxruntime") in the recipe, and `convopt.load`
+returns the model wrapped so that it is compiled or exported on its first inference call.
 """
 
 from __future__ import annotations
 
+import tempfile
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -17,7 +20,55 @@ from torch import nn
 from convopt.errors import ConfigError
 from convopt.transforms.config import StepRecord, TransformConfig, TransformContext, register_transform
 
-BACKENDS = ("eager", "inductor")
+BACKENDS = ("eager", "inductor", "onnxruntime")
+
+
+def export_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: str | Path) -> None:
+    """torch.onnx (dynamo exporter) with a dynamic batch dimension; the file is checked by onnx.checker."""
+    import onnx
+
+    names = [f"input_{i}" for i in range(len(inputs))]
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, inputs, str(path), dynamo=True, input_names=names,
+                          dynamic_shapes=tuple({0: batch} for _ in inputs), verbose=False)  # fmt: skip
+    onnx.checker.check_model(str(path), full_check=False)
+
+
+class OnnxRuntimeModule(nn.Module):
+    """`model` exported to ONNX and run by ONNX Runtime's CPU provider (built on the first inference call).
+
+    Training (grad mode) runs the eager `model`; the wrapped model is the submodule `model`.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self._session: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_session"] = None
+        return state
+
+    def build(self, *args: torch.Tensor) -> None:
+        import onnxruntime as ort
+
+        folder = Path(tempfile.mkdtemp(prefix="convopt-onnx-"))
+        export_onnx(self.model, args, folder / "model.onnx")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+        self._session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        if torch.is_grad_enabled():
+            return self.model(*args)
+        if self._session is None:
+            self.build(*args)
+        feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(self._session.get_inputs(), args)}
+        outputs = [torch.from_numpy(o) for o in self._session.run(None, feeds)]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
 class InductorModule(nn.Module):
@@ -64,5 +115,8 @@ def use_backend(model: nn.Module, config: BackendConfig, context: TransformConte
     record = StepRecord(config.to_dict())
     if config.backend == "eager":
         return model, record
+    if config.backend == "onnxruntime":
+        record.changed["*"] = "exported to ONNX and run by ONNX Runtime (CPU) from the first call"
+        return OnnxRuntimeModule(model), record
     record.changed["*"] = "compiled by torch.compile (inductor, freezing) on first call"
     return InductorModule(model), record
