@@ -3,8 +3,10 @@
 The classic lowering of convolution to matrix multiplication (Chellapilla, Puri & Simard 2006, "High
 performance convolutional neural networks for document processing"). Multiplications per output:
 C_in/groups x prod(kernel), the same as direct convolution; the cost is the patch matrix, which is
-prod(kernel) times larger than the input. Exact up to summation order (elementwise tolerance).
-Handles 1-D/2-D/3-D, any stride, dilation, padding and groups.
+prod(kernel) times larger than the input. Exact up to summation order (elementwise tolerance); measured
+normwise error vs float64 on the ResNet-18 layer shapes: 5e-8 to 2.4e-7 (fp32), the same as `direct`.
+Handles 1-D/2-D/3-D, any stride, dilation, padding and groups. On this 2-core CPU it is slower than
+oneDNN's direct conv except on strided 1x1 convs, where the tuner picks it (skipping oneDNN's NCHW path).
 """
 
 from __future__ import annotations
