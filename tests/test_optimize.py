@@ -154,3 +154,17 @@ def test_garbage_tuning_cache_is_rebuilt_with_a_warning(tmp_path, capsys):
     with pytest.warns(RuntimeWarning, match="unusable"):
         assert main(["optimize", "--out", str(tmp_path / "out"), *FAST]) == 0
     assert json.loads(path.read_text())["entries"]
+
+
+def test_never_hands_back_something_slower_than_eager(monkeypatch):
+    from convopt import optimize as optimize_module
+
+    def convopt_always_slower(runs, **kwargs):
+        from convopt.timing import Timing
+
+        return {name: Timing(2.0 if name == "convopt" else 1.0, [1.0]) for name in runs}
+
+    monkeypatch.setattr(optimize_module, "interleaved_times", convopt_always_slower)
+    result = optimize_module.optimize(default_model(), torch.rand(2, 1, 28, 28), repeats=1, compare_backends=False)
+    assert result.report.chosen_backend == "eager" and result.recipe.steps == ()
+    assert any("slower than eager" in note for note in result.report.notes)

@@ -182,6 +182,12 @@ def optimize(model: nn.Module, example_inputs: Any, *, name: str = "model", data
     elif winner is not None:
         notes.append(f"{fastest} was fastest but its outputs differ by {table[fastest]['max_rel_error']:.1e}, over the "
                      f"budget {max_rel_error:.0e}: it was not used")  # fmt: skip
+    if chosen == "convopt" and times["convopt"] > times["eager"]:
+        # Every layer choice was measured faster than direct, yet the whole was not (per-call overheads of
+        # small layers add up): never hand back something slower than the original.
+        chosen, optimized, recipe, error, accuracy_after = "eager", model, Compose([]), 0.0, accuracy_before
+        notes.append(f"convopt's kernels were slower than eager PyTorch on this model ({times['convopt']:.2f} ms vs "
+                     f"{times['eager']:.2f} ms): the saved model is the original")  # fmt: skip
     layers = []
     for layer in tune.layers if tune else []:
         spec = ConvSpec.from_module(model.get_submodule(layer.name))

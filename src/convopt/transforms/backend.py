@@ -59,6 +59,9 @@ class OnnxRuntimeModule(nn.Module):
         export_onnx(self.model, args, folder / "model.onnx")
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
+        # Idle ORT threads would otherwise spin and steal the cores from whatever runs next (e.g. the
+        # PyTorch candidates timed in the same interleaved rounds).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
 
     def forward(self, *args: torch.Tensor) -> Any:
