@@ -22,7 +22,7 @@ class _NamingTracer(torch.fx.Tracer):
     def call_module(self, m, forward, args, kwargs):
         try:
             return super().call_module(m, forward, args, kwargs)
-        except Exception:
+        except Exception:  # noted, then re-raised unchanged
             if self.failed_in is None:
                 self.failed_in = self.path_of_module(m)
             raise
