@@ -112,14 +112,25 @@ def read_recipe(directory: str | Path) -> dict[str, Any]:
     return recipe
 
 
-def load_original(directory: str | Path) -> nn.Module:
+def _architecture(recipe: dict[str, Any], directory: Path, trust_code: bool) -> nn.Module:
+    """Rebuild the recipe's architecture; a source that is Python code runs only when trusted."""
+    source = recipe["source"] or ""
+    if source and not source.startswith("torchvision:") and not trust_code and not Path(source).suffix in (".pt2",):
+        raise ModelLoadError(
+            f"{directory / RECIPE_FILE} names code to run ({source!r}); pass trust_code=True (CLI: --trust-code) "
+            "only for folders you made yourself"
+        )
+    return load_model(source or None).model
+
+
+def load_original(directory: str | Path, *, trust_code: bool = False) -> nn.Module:
     """The model an optimize output folder was made from, with its original weights (eval mode)."""
     directory = Path(directory)
     recipe = read_recipe(directory)
     weights = directory / ORIGINAL_FILE
     if not weights.is_file():
         raise ModelLoadError(f"{directory} has no {ORIGINAL_FILE}: name the reference model explicitly")
-    model = load_model(recipe["source"] or None).model
+    model = _architecture(recipe, directory, trust_code)
     model.load_state_dict(load_file(str(weights)), strict=True)
     return model.eval()
 
@@ -128,8 +139,12 @@ def is_output_folder(path: str | Path | None) -> bool:
     return path is not None and (Path(path) / RECIPE_FILE).is_file()
 
 
-def load(directory: str | Path) -> nn.Module:
+def load(directory: str | Path, *, trust_code: bool = False) -> nn.Module:
     """The optimized model saved in `directory` by `convopt optimize --out`, ready for inference (eval mode).
+
+    The recipe names where the architecture comes from. The embedded default, torchvision models and
+    .pt2 programs load as they are; a Python file or module (file.py:callable) is code, and runs only
+    with `trust_code=True`, for folders you made yourself.
 
     Example:
         >>> import convopt
@@ -142,7 +157,7 @@ def load(directory: str | Path) -> nn.Module:
         raise ModelLoadError(f"{directory} has no {WEIGHTS_FILE}")
     if sha256_of(weights) != recipe.get("weights_sha256"):
         raise ModelLoadError(f"{weights} does not match the hash in {RECIPE_FILE}: the folder was modified")
-    model, _ = apply(load_model(recipe["source"] or None).model, config_from_dict(recipe["config"]))
+    model, _ = apply(_architecture(recipe, directory, trust_code), config_from_dict(recipe["config"]))
     try:
         model.load_state_dict(load_file(str(weights)), strict=True)
     except RuntimeError as exc:

@@ -33,6 +33,16 @@ def add_parser(commands: Any, positive_int: Any) -> None:
     p.add_argument("--json", metavar="PATH|-", help="also write report.json here ('-' for stdout)")
 
 
+def _portable_source(model: str | None) -> str | None:
+    """MODEL as the recipe should record it: file paths made absolute, so loading works from any folder."""
+    if not model or model.startswith("torchvision:"):
+        return model
+    location, colon, attribute = model.rpartition(":")
+    if colon and location.endswith(".py"):
+        return f"{Path(location).resolve()}:{attribute}"
+    return str(Path(model).resolve()) if Path(model).exists() else model
+
+
 def _writers(result: Any, report: dict[str, Any], hardware: Any, inputs: torch.Tensor, original: Any) -> dict:
     from convopt.report.optimize_html import render
     from convopt.transforms.backend import export_onnx
@@ -102,7 +112,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
     report = result.report.to_dict()
     report["hardware"] = hardware.to_dict()
     with console.status(f"writing {out}"):
-        save_optimized(result.model, out, source=args.model, input_shape=shape, config=result.recipe,
+        save_optimized(result.model, out, source=_portable_source(args.model), input_shape=shape, config=result.recipe,
                        original=loaded.model,
                        extra_files=_writers(result, report, hardware, x, loaded.model),
                        recipe_extra={"threads": report["threads"]})  # fmt: skip

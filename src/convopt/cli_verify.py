@@ -55,6 +55,8 @@ def add_parser(commands: argparse._SubParsersAction, positive_int: Callable[[str
                         help="mnist[:test|train|all], digits[:...] or imagefolder:PATH (default: mnist)")  # fmt: skip
     verify.add_argument("--input-shape", help="e.g. 1,3,224,224: the size image folders are resized to")
     verify.add_argument("--pretrained", action="store_true", help="torchvision weights, if on disk (no downloads)")
+    verify.add_argument("--trust-code", action="store_true",
+        help="let an optimize output folder's recipe run the Python file or module it names (folders you made)")
     verify.add_argument("--max-samples", type=_positive_int, default=1000, help="samples for numerics and accuracy")
     verify.add_argument("--batch-size", type=_positive_int, default=128)
     verify.add_argument("--min-sqnr", type=float, default=40.0, help="per-layer SQNR tolerance in dB (default 40)")
@@ -87,7 +89,7 @@ def add_parser(commands: argparse._SubParsersAction, positive_int: Callable[[str
     return verify
 
 
-def load_models(reference: str | None, candidate: str | None, *, pretrained: bool = False):
+def load_models(reference: str | None, candidate: str | None, *, pretrained: bool = False, trust_code: bool = False):
     """(reference, candidate) LoadedModels. With neither given, the embedded default against itself.
 
     The one place that turns the positional arguments into models: an optimize output folder (reference
@@ -99,8 +101,8 @@ def load_models(reference: str | None, candidate: str | None, *, pretrained: boo
     def folder(path: str, original: bool) -> LoadedModel:
         shape = tuple(read_recipe(path)["input_shape"])
         if original:
-            return LoadedModel(load_original(path), f"{path} (original)", shape, "the optimize recipe")
-        return LoadedModel(load(path), f"{path} (optimized)", shape, "the optimize recipe")
+            return LoadedModel(load_original(path, trust_code=trust_code), f"{path} (original)", shape, "the recipe")
+        return LoadedModel(load(path, trust_code=trust_code), f"{path} (optimized)", shape, "the recipe")
 
     if is_output_folder(reference) and candidate is None:  # `verify out/`: the result against its original
         return folder(reference, original=True), folder(reference, original=False)
@@ -129,7 +131,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
         ibp_samples=args.ibp_samples, profile=args.profile or args.trace is not None,
         profile_repeats=args.profile_repeats, trace_path=args.trace, valid_range=args.valid_range, seed=args.seed,
     )  # fmt: skip
-    reference, candidate = load_models(args.reference, args.candidate, pretrained=args.pretrained)
+    reference, candidate = load_models(args.reference, args.candidate, pretrained=args.pretrained,
+                                       trust_code=args.trust_code)  # fmt: skip
     shape = parse_input_shape(args.input_shape) if args.input_shape else reference.input_shape
     data = load_data(args.data, input_shape=shape, limit=args.max_samples)
     with console.status("verifying") as status:

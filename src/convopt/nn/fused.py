@@ -76,12 +76,16 @@ class FusedConv(nn.Module):
             raise UnsupportedConvError(f"cannot fuse {type(conv).__name__}: {reason}")
         self.weight, self.bias = conv.weight, conv.bias
         self.stride, self.dilation, self.groups = list(conv.stride), list(conv.dilation), conv.groups
-        self.padding = [p for p, _ in ConvSpec.from_module(conv).padding]
+        self.spec = ConvSpec.from_module(conv)
+        self.padding = [p for p, _ in self.spec.padding]
         self.unary, self.scalars, self.add = unary, list(scalars or []), add
 
     def forward(self, x: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
         if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
             return self._differentiable(x, other)
+        if self.add and not (isinstance(other, torch.Tensor) and other.dtype == x.dtype
+                             and tuple(other.shape) == self.spec.output_shape(x.shape)):  # fmt: skip
+            return self._differentiable(x, other)  # a broadcasting add: oneDNN's post-op needs equal shapes
         args = (self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups)
         if self.add:
             return torch.ops.mkldnn._convolution_pointwise.binary(

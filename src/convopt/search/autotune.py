@@ -104,7 +104,7 @@ def tune_layer(name: str, conv: nn.Module, x: torch.Tensor, *, budget_error: flo
         with torch.no_grad():
             error = normwise_error(algorithm.run(x, prepared, bias, spec), reference, x, weight, spec)
         errors[algo_name] = error
-        if error > budget_error and algo_name != "direct":
+        if not error <= budget_error and algo_name != "direct":  # NaN fails too
             skipped[algo_name] = f"normwise error {error:.1e} is over the budget {budget_error:.0e}"
             continue
         runs[algo_name] = lambda algorithm=algorithm, prepared=prepared: algorithm.run(x, prepared, bias, spec)

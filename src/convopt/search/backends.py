@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from convopt.transforms.backend import InductorModule, OnnxRuntimeModule
+from convopt.transforms.layout import convert_layout
 
 
 @dataclass
@@ -34,8 +35,8 @@ def _first(output: Any) -> torch.Tensor:
 def inductor_backend(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Backend:
     """torch.compile with inductor, weight freezing and channels_last; compiled (and warmed) here."""
     start = time.perf_counter()
-    module = InductorModule(copy.deepcopy(model).to(memory_format=torch.channels_last))
     try:
+        module = InductorModule(convert_layout(copy.deepcopy(model), "channels_last"))
         with torch.no_grad():
             module(*inputs)  # the first call compiles
     except Exception as exc:  # compilation can fail in many ways; the report says which
@@ -51,8 +52,8 @@ def inductor_backend(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Back
 def onnxruntime_backend(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Backend:
     """ONNX Runtime's CPU provider on the exported model, with the current intra-op thread count."""
     start = time.perf_counter()
-    module = OnnxRuntimeModule(copy.deepcopy(model))
     try:
+        module = OnnxRuntimeModule(copy.deepcopy(model))
         with torch.no_grad():
             module(*inputs)  # the first call exports and opens the session
     except Exception as exc:  # export or session creation failed; the report says why

@@ -46,32 +46,40 @@ class OnnxRuntimeModule(nn.Module):
         super().__init__()
         self.model = model
         self._session: Any = None
+        self._key: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_session"] = None
+        state["_session"], state["_key"] = None, None
         return state
 
     def build(self, *args: torch.Tensor) -> None:
         import onnxruntime as ort
 
-        folder = Path(tempfile.mkdtemp(prefix="convopt-onnx-"))
-        export_onnx(self.model, args, folder / "model.onnx")
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = torch.get_num_threads(), 1
         # Idle ORT threads would otherwise spin and steal the cores from whatever runs next (e.g. the
         # PyTorch candidates timed in the same interleaved rounds).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        with tempfile.TemporaryDirectory(prefix="convopt-onnx-") as folder:  # the session keeps its own copy
+            export_onnx(self.model, args, Path(folder) / "model.onnx")
+            self._session = ort.InferenceSession(str(Path(folder) / "model.onnx"), options,
+                                                 providers=["CPUExecutionProvider"])  # fmt: skip
+        self._key = weights_key(self.model)
 
     def forward(self, *args: torch.Tensor) -> Any:
         if torch.is_grad_enabled():
             return self.model(*args)
-        if self._session is None:
+        if self._session is None or weights_key(self.model) != self._key:  # weights are baked into the export
             self.build(*args)
         feeds = {i.name: a.detach().cpu().numpy() for i, a in zip(self._session.get_inputs(), args)}
         outputs = [torch.from_numpy(o) for o in self._session.run(None, feeds)]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def weights_key(model: nn.Module) -> tuple[tuple[int, int], ...]:
+    """Identity and version of every parameter and buffer: changes on any in-place update or replacement."""
+    return tuple((t.data_ptr(), t._version) for t in list(model.parameters()) + list(model.buffers()))
 
 
 class InductorModule(nn.Module):
@@ -84,10 +92,11 @@ class InductorModule(nn.Module):
         super().__init__()
         self.model = model
         self._compiled = compiled
+        self._key = weights_key(model) if compiled is not None else None
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_compiled"] = None  # compiled code is rebuilt, never copied or pickled
+        state["_compiled"], state["_key"] = None, None  # compiled code is rebuilt, never copied or pickled
         return state
 
     def forward(self, *args: Any) -> Any:
@@ -95,9 +104,11 @@ class InductorModule(nn.Module):
 
         if torch.is_grad_enabled():  # freezing is an inference-only optimisation: train through eager
             return self.model(*args)
+        key = weights_key(self.model)
         with inductor_config.patch(freezing=True):
-            if self._compiled is None:
-                self._compiled = torch.compile(self.model)
+            if self._compiled is None or key != self._key:  # frozen weights are constants: recompile
+                torch._dynamo.reset()
+                self._compiled, self._key = torch.compile(self.model), key
             return self._compiled(*args)
 
 

@@ -101,6 +101,8 @@ class Compose(TransformConfig):
     def __init__(self, steps: Any = (), modules: str = "*"):
         object.__setattr__(self, "steps", tuple(steps))
         object.__setattr__(self, "modules", modules)
+        if modules != "*":
+            raise ConfigError("Compose(modules=...) is not supported: give each step its own modules=... pattern")
         for step in self.steps:
             if not isinstance(step, TransformConfig):
                 raise ConfigError(f"Compose takes transform configs, got {type(step).__name__}")

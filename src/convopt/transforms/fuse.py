@@ -78,8 +78,10 @@ def fuse_graph(model: nn.Module, config: FuseConfig, context: TransformContext) 
             continue
         add_node, other = None, None
         if _is_add(user) and user.args.count(node) == 1:
-            add_node, other = user, user.args[1] if user.args[0] is node else user.args[0]
-            user = _only_user(add_node)
+            other = user.args[1] if user.args[0] is node else user.args[0]
+            if isinstance(other, torch.fx.Node):  # a constant addend stays a separate add
+                add_node = user
+                user = _only_user(add_node)
         activation = _activation(user, gm) if user is not None else None
         if add_node is None and activation is None:
             record.skipped[node.target] = "no add or activation follows it"

@@ -32,12 +32,23 @@ class LayoutConfig(TransformConfig):
             raise ConfigError(f"memory_format={self.memory_format!r}: use one of {FORMATS}")
 
 
-def _convert(model: nn.Module, memory_format: str) -> None:
-    has_3d = any(p.dim() == 5 for p in model.parameters())
-    if memory_format == "channels_last":
-        model.to(memory_format=torch.channels_last_3d if has_3d else torch.channels_last)
-    else:
-        model.to(memory_format=torch.contiguous_format)
+def convert_layout(model: nn.Module, memory_format: str) -> nn.Module:
+    """Convert every 4-D/5-D parameter and buffer to channels_last(_3d), or all back to contiguous, in place.
+
+    Per tensor rank, so a model mixing 2-D and 3-D convs converts cleanly.
+    """
+    for module in model.modules():
+        for table in (module._parameters, module._buffers):
+            for tensor in table.values():
+                if tensor is None:
+                    continue
+                if memory_format == "channels_last":
+                    target = {4: torch.channels_last, 5: torch.channels_last_3d}.get(tensor.dim())
+                else:
+                    target = torch.contiguous_format
+                if target is not None and not tensor.is_contiguous(memory_format=target):
+                    tensor.data = tensor.data.contiguous(memory_format=target)
+    return model
 
 
 @register_transform(LayoutConfig)
@@ -49,11 +60,11 @@ def choose_layout(model: nn.Module, config: LayoutConfig, context: TransformCont
             raise ConfigError("LayoutConfig('auto') measures the model: pass example_inputs, or name a format")
         times = {}
         for candidate in ("contiguous", "channels_last"):
-            _convert(model, candidate)
+            convert_layout(model, candidate)
             times[candidate] = interleaved_times({candidate: lambda: model(*context.example_inputs)},
                                                  repeats=config.repeats)[candidate].median_s  # fmt: skip
         choice = min(times, key=times.get)
         record.notes.append(", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in times.items()) + f": chose {choice}")
-    _convert(model, choice)
+    convert_layout(model, choice)
     record.changed["*"] = choice
     return record

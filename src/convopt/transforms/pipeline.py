@@ -29,11 +29,18 @@ def _first_tensor(output: Any) -> torch.Tensor:
     return tensors[0]
 
 
+def flatten_steps(config: TransformConfig) -> tuple[TransformConfig, ...]:
+    """The configs to run in order: nested Composes are expanded."""
+    if isinstance(config, Compose):
+        return tuple(step for inner in config.steps for step in flatten_steps(inner))
+    return (config,)
+
+
 def _run(model: nn.Module, config: TransformConfig, *, in_place: bool, example_inputs: Any, calibration: Any,
          max_rel_error: float, log: Callable[[str], None] | None) -> tuple[nn.Module, TransformReport]:  # fmt: skip
     if not isinstance(config, TransformConfig):
         raise ConfigError(f"apply_ takes a transform config, got {type(config).__name__}")
-    steps = config.steps if isinstance(config, Compose) else (config,)
+    steps = flatten_steps(config)
     if in_place and (rewriting := [type(s).__name__ for s in steps if getattr(s, "rewrites_graph", False)]):
         raise ConfigError(f"{', '.join(rewriting)} rewrites the graph into a new module: use convopt.apply(...)")
     inputs = as_inputs(example_inputs) if example_inputs is not None else ()
@@ -53,7 +60,7 @@ def _run(model: nn.Module, config: TransformConfig, *, in_place: bool, example_i
         if reference is not None:
             with torch.no_grad():
                 record.max_rel_error = relative_error(reference, _first_tensor(model(*inputs)))
-            if record.max_rel_error > max_rel_error:
+            if not record.max_rel_error <= max_rel_error:  # NaN fails too
                 raise BudgetExceededError(
                     f"{type(step).__name__} changed the outputs by {record.max_rel_error:.2e} (relative), over the "
                     f"budget {max_rel_error:.0e}; exclude the offending modules with modules=... or raise the budget"
