@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from convopt.cli import main
-from convopt.search import bench
+from convopt.search import candidates
 from convopt.search.bench import LayerCase, bench_case, magnitude_prune
 from convopt.timing import interleaved_times
 from convopt.spec import ConvSpec
@@ -27,7 +27,7 @@ def test_bench_case_records_time_ratio_and_error_for_each_candidate():
 
 
 def test_candidates_over_the_workspace_limit_are_skipped_with_a_reason(monkeypatch):
-    monkeypatch.setattr(bench, "MAX_WORKSPACE_BYTES", 16)
+    monkeypatch.setattr(candidates, "MAX_WORKSPACE_BYTES", 16)
     result = bench_case(SMALL, batch=1, repeats=1, sparsity=0.0, peak_gflops=100.0, algorithms=["im2col"])
     assert result.candidates[0].seconds is None and "scratch memory" in result.candidates[0].skipped
 

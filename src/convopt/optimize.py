@@ -26,7 +26,7 @@ from convopt.spec import ConvSpec
 from convopt.timing import fixed_threads, interleaved_times
 from convopt.transforms import AlgorithmConfig, BackendConfig, Compose, FoldBatchNormConfig, FuseConfig, LayoutConfig
 from convopt.transforms.config import relative_error
-from convopt.transforms.pipeline import apply, as_inputs
+from convopt.transforms.pipeline import apply, as_inputs, first_tensor
 from convopt.verify.numerics import compare_numerics
 
 
@@ -59,10 +59,6 @@ class OptimizeResult:
     recipe: Compose
     report: OptimizeReport
     tune: TuneReport | None
-
-
-def _first(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, (tuple, list)) else output
 
 
 def state_bytes(model: nn.Module) -> int:
@@ -141,7 +137,7 @@ def optimize(model: nn.Module, example_inputs: Any, *, name: str = "model", data
         optimized, transform = apply(model, recipe, example_inputs=inputs, max_rel_error=max_rel_error)
         check_inputs = data[0][: max(len(inputs[0]), 64)] if data is not None else inputs[0]
         with torch.no_grad():
-            error = relative_error(model(check_inputs), optimized(check_inputs))
+            error = relative_error(first_tensor(model(check_inputs)), first_tensor(optimized(check_inputs)))
         if not error <= max_rel_error:  # NaN fails too
             raise BudgetExceededError(f"optimized outputs differ by {error:.2e} (relative) > {max_rel_error:.0e}")
         say("comparing every layer with the original")
@@ -169,7 +165,7 @@ def optimize(model: nn.Module, example_inputs: Any, *, name: str = "model", data
         entry["build_seconds"] = backend.build_seconds
         entry["unavailable"] = backend.unavailable
         if backend.run is not None:
-            entry["max_rel_error"] = relative_error(reference, _first(backend.run()))
+            entry["max_rel_error"] = relative_error(first_tensor(reference), first_tensor(backend.run()))
     fastest = min(times, key=times.get)
     chosen = "convopt"
     winner = next((b for b in backends if b.name == fastest and b.module is not None), None)

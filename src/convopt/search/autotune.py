@@ -15,12 +15,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from convopt.errors import UnsupportedConvError
-from convopt.kernels.reference import reference_conv
-from convopt.kernels.registry import ALGORITHMS
 from convopt.search.cache import TuningCache, entry_key
+from convopt.search.candidates import default_algorithms, prepare_candidates
 from convopt.spec import ConvSpec
-from convopt.testing import normwise_error
 from convopt.timing import fixed_threads, interleaved_times
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -85,32 +82,13 @@ def tune_layer(name: str, conv: nn.Module, x: torch.Tensor, *, budget_error: flo
     """Measure the candidates for one conv on its real input `x` (batched)."""
     spec = ConvSpec.from_module(conv)
     weight, bias = conv.weight.detach(), conv.bias.detach() if conv.bias is not None else None
-    skipped: dict[str, str] = {}
     if not _padding_free(spec):
         return LayerTuning(name, list(x.shape), "direct", {}, {}, {"*": f"padding_mode={spec.padding_mode!r}: "
                            "only PyTorch's conv is tuned for non-zero padding modes"}, False)  # fmt: skip
-    reference = reference_conv(x, weight, bias, spec)
-    runs: dict[str, Callable[[], torch.Tensor]] = {}
-    errors: dict[str, float] = {}
-    for algo_name in algorithms or [n for n in ALGORITHMS if n != "reference"]:
-        if algo_name not in ALGORITHMS:
-            raise UnsupportedConvError(f"unknown algorithm {algo_name!r}; registered: {', '.join(ALGORITHMS)}")
-        algorithm = ALGORITHMS.get(algo_name)
-        reason = algorithm.supports(spec, x.dtype)
-        if reason is not None:
-            skipped[algo_name] = reason
-            continue
-        prepared = algorithm.prepare(weight, spec)
-        with torch.no_grad():
-            error = normwise_error(algorithm.run(x, prepared, bias, spec), reference, x, weight, spec)
-        errors[algo_name] = error
-        if not error <= budget_error and algo_name != "direct":  # NaN fails too
-            skipped[algo_name] = f"normwise error {error:.1e} is over the budget {budget_error:.0e}"
-            continue
-        runs[algo_name] = lambda algorithm=algorithm, prepared=prepared: algorithm.run(x, prepared, bias, spec)
-    times = {n: t.median_s * 1e3 for n, t in interleaved_times(runs, repeats=repeats).items()}
+    found = prepare_candidates(spec, x, weight, bias, algorithms, budget_error=budget_error)
+    times = {n: t.median_s * 1e3 for n, t in interleaved_times(found.runs, repeats=repeats).items()}
     chosen = min(times, key=times.get)
-    return LayerTuning(name, list(x.shape), chosen, times, errors, skipped, False)
+    return LayerTuning(name, list(x.shape), chosen, times, found.errors, found.skipped, False)
 
 
 def tune_model(model: nn.Module, example_inputs: tuple[Any, ...], *, threads: int | None = None,
@@ -121,7 +99,7 @@ def tune_model(model: nn.Module, example_inputs: tuple[Any, ...], *, threads: in
         threads = torch.get_num_threads()
         cache = cache if cache is not None else TuningCache(threads)
         report = TuneReport(threads, budget_error, cache_path=str(cache.path), cache_rebuilt=cache.rebuilt_reason)
-        candidates = algorithms or [n for n in ALGORITHMS if n != "reference"]
+        candidates = algorithms or default_algorithms()
         activations = capture_conv_inputs(model, example_inputs)
         for name, x in activations.items():
             conv = model.get_submodule(name)

@@ -25,42 +25,34 @@ class Backend:
     run: Callable[[], Any] | None
     build_seconds: float
     unavailable: str | None = None
-    module: nn.Module | None = None  # the runnable model, when it can be kept (inductor)
+    module: nn.Module | None = None  # the runnable model, deployable as convopt's result
 
 
-def _first(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, (tuple, list)) else output
+def _warmed_backend(name: str, build: Callable[[], nn.Module], inputs: tuple[torch.Tensor, ...]) -> Backend:
+    """Build the wrapper and make its first call (compilation or export happens there), timing both;
+    any failure becomes the backend's `unavailable` reason."""
+    start = time.perf_counter()
+    try:
+        module = build()
+        with torch.no_grad():
+            module(*inputs)
+    except Exception as exc:  # compilers and exporters fail in many ways: the report says which
+        return Backend(name, None, time.perf_counter() - start, f"{type(exc).__name__}: {exc}".splitlines()[0])
+
+    def run() -> Any:
+        with torch.no_grad():
+            return module(*inputs)
+
+    return Backend(name, run, time.perf_counter() - start, module=module)
 
 
 def inductor_backend(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Backend:
     """torch.compile with inductor, weight freezing and channels_last; compiled (and warmed) here."""
-    start = time.perf_counter()
-    try:
-        module = InductorModule(convert_layout(copy.deepcopy(model), "channels_last"))
-        with torch.no_grad():
-            module(*inputs)  # the first call compiles
-    except Exception as exc:  # compilation can fail in many ways; the report says which
-        return Backend("torch.compile", None, time.perf_counter() - start, f"{type(exc).__name__}: {exc}".splitlines()[0])
-
-    def run() -> Any:
-        with torch.no_grad():
-            return module(*inputs)
-
-    return Backend("torch.compile", run, time.perf_counter() - start, module=module)
+    return _warmed_backend(
+        "torch.compile", lambda: InductorModule(convert_layout(copy.deepcopy(model), "channels_last")), inputs
+    )
 
 
 def onnxruntime_backend(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Backend:
     """ONNX Runtime's CPU provider on the exported model, with the current intra-op thread count."""
-    start = time.perf_counter()
-    try:
-        module = OnnxRuntimeModule(copy.deepcopy(model))
-        with torch.no_grad():
-            module(*inputs)  # the first call exports and opens the session
-    except Exception as exc:  # export or session creation failed; the report says why
-        return Backend("onnxruntime", None, time.perf_counter() - start, f"{type(exc).__name__}: {exc}".splitlines()[0])
-
-    def run() -> Any:
-        with torch.no_grad():
-            return module(*inputs)
-
-    return Backend("onnxruntime", run, time.perf_counter() - start, module=module)
+    return _warmed_backend("onnxruntime", lambda: OnnxRuntimeModule(copy.deepcopy(model)), inputs)

@@ -9,14 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from convopt.analysis.hardware import HardwareProfile
-from convopt.kernels.reference import reference_conv
-from convopt.kernels.registry import ALGORITHMS
-from convopt.timing import fixed_threads, interleaved_times
+from convopt.search.candidates import default_algorithms, prepare_candidates
 from convopt.spec import ConvSpec
-from convopt.testing import normwise_error
+from convopt.timing import fixed_threads, interleaved_times
 
 _TORCH = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-MAX_WORKSPACE_BYTES = 2 * 2**30  # skip (and say so) candidates whose scratch memory would exceed this
 
 
 @dataclass(frozen=True)
@@ -123,37 +120,21 @@ def bench_case(case: LayerCase, batch: int, repeats: int, sparsity: float, peak_
     padding = [before for before, _ in spec.padding] if all(a == b for a, b in spec.padding) else "same"
     torch_fn = _TORCH[spec.dims]
     macs = spec.macs(shape)
-    reference = reference_conv(x, weight, None, spec)
-    runs: dict[str, Callable[[], torch.Tensor]] = {
-        "pytorch": lambda: torch_fn(x, weight, None, spec.stride, padding, spec.dilation, spec.groups)
-    }
-    skipped: dict[str, str] = {}
-    for name in algorithms or [n for n in ALGORITHMS if n != "reference"]:
-        algorithm = ALGORITHMS.get(name)
-        reason = algorithm.supports(spec, x.dtype)
-        workspace = algorithm.workspace(spec, shape, x.element_size()) if algorithm.workspace else 0
-        if reason is None and workspace > MAX_WORKSPACE_BYTES:
-            reason = f"needs {workspace / 2**30:.1f} GiB of scratch memory (limit {MAX_WORKSPACE_BYTES / 2**30:.0f} GiB)"
-        if reason is not None:
-            skipped[name] = reason
-            continue
-        prepared = algorithm.prepare(weight, spec)  # cached by the nn wrappers: not part of the timed work
-        runs[name] = lambda algorithm=algorithm, prepared=prepared: algorithm.run(x, prepared, None, spec)
+    names = algorithms or default_algorithms()
+    found = prepare_candidates(spec, x, weight, None, names)
+    runs = {"pytorch": lambda: torch_fn(x, weight, None, spec.stride, padding, spec.dilation, spec.groups),
+            **found.runs}  # fmt: skip
     times = interleaved_times(runs, repeats=repeats)
     baseline = times["pytorch"].median_s
     result = CaseResult(case.name, list(shape), asdict(spec), macs, baseline)
-    for name in algorithms or [n for n in ALGORITHMS if n != "reference"]:
-        if name in skipped:
-            result.candidates.append(CandidateResult(name, None, None, None, None, None, skipped=skipped[name]))
+    for name in names:
+        if name in found.skipped:
+            result.candidates.append(CandidateResult(name, None, None, None, None, None, skipped=found.skipped[name]))
             continue
-        with torch.no_grad():
-            y = runs[name]()
         seconds = times[name].median_s
         gflops = 2 * macs / seconds / 1e9
-        result.candidates.append(CandidateResult(
-            name, seconds, baseline / seconds, gflops, 100 * gflops / peak_gflops,
-            normwise_error(y, reference, x, weight, spec),
-        ))  # fmt: skip
+        result.candidates.append(CandidateResult(name, seconds, baseline / seconds, gflops,
+                                                 100 * gflops / peak_gflops, found.errors[name]))  # fmt: skip
     return result
 
 

@@ -21,7 +21,8 @@ def as_inputs(example_inputs: Any) -> tuple[Any, ...]:
     return tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
 
 
-def _first_tensor(output: Any) -> torch.Tensor:
+def first_tensor(output: Any) -> torch.Tensor:
+    """The first tensor in a model's output (a tensor, tuple, list or dict of them)."""
     leaves, _ = tree_flatten(output)
     tensors = [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
     if not tensors:
@@ -48,7 +49,7 @@ def _run(model: nn.Module, config: TransformConfig, *, in_place: bool, example_i
     reference = None
     if inputs:
         with torch.no_grad():
-            reference = _first_tensor(model(*inputs)).detach().clone()
+            reference = first_tensor(model(*inputs)).detach().clone()
     report = TransformReport()
     for step in steps:
         if type(step) not in HANDLERS:
@@ -59,7 +60,7 @@ def _run(model: nn.Module, config: TransformConfig, *, in_place: bool, example_i
         record.seconds = time.perf_counter() - start
         if reference is not None:
             with torch.no_grad():
-                record.max_rel_error = relative_error(reference, _first_tensor(model(*inputs)))
+                record.max_rel_error = relative_error(reference, first_tensor(model(*inputs)))
             if not record.max_rel_error <= max_rel_error:  # NaN fails too
                 raise BudgetExceededError(
                     f"{type(step).__name__} changed the outputs by {record.max_rel_error:.2e} (relative), over the "
