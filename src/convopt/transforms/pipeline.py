@@ -61,7 +61,9 @@ def _run(model: nn.Module, config: TransformConfig, *, in_place: bool, example_i
         if reference is not None:
             with torch.no_grad():
                 record.max_rel_error = relative_error(reference, first_tensor(model(*inputs)))
-            if not record.max_rel_error <= max_rel_error:  # NaN fails too
+            # Lossy steps (pruning, decomposition, quantization) change outputs on purpose: their error is
+            # recorded, and the caller judges them by accuracy instead.
+            if not getattr(step, "lossy", False) and not record.max_rel_error <= max_rel_error:  # NaN fails too
                 raise BudgetExceededError(
                     f"{type(step).__name__} changed the outputs by {record.max_rel_error:.2e} (relative), over the "
                     f"budget {max_rel_error:.0e}; exclude the offending modules with modules=... or raise the budget"
@@ -76,7 +78,8 @@ def apply_(model: nn.Module, config: TransformConfig, *, example_inputs: Any = N
 
     With `example_inputs`, every step's output is compared with the original model's: a step whose
     relative error max|ref - out| / max|ref| exceeds `max_rel_error` raises BudgetExceededError (the
-    model is then left as that step made it: use `apply` to keep the original). Configs that rewrite
+    model is then left as that step made it: use `apply` to keep the original). Lossy configs (`lossy = True`:
+    pruning, decomposition, quantization) only record their error. Configs that rewrite
     the graph into a new module (FuseConfig) need `apply`.
 
     Example:
