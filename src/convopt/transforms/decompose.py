@@ -1,0 +1,306 @@
+"""Low-rank decomposition of conv and linear layers into sequences of smaller layers (lossy: fine-tune after).
+
+- ``tucker``: a KxK conv (any dims, groups=1) becomes reduce 1x1 (C_in->R_in) -> core KxK (R_in->R_out, the
+  original stride/padding/dilation) -> expand 1x1 (R_out->C_out, the bias) (Kim et al. 2016, Tucker-2).
+- ``cp``: a 2-D KxK conv becomes 1x1 (C_in->R) -> depthwise Kh x 1 -> depthwise 1 x Kw -> 1x1 (R->C_out)
+  (Lebedev et al. 2015).
+- ``svd``: a 1x1 conv or a Linear becomes two thin layers C_in->R->C_out.
+
+The rank comes from exactly one of: `ratio` (keep that fraction of the layer's MACs: the ranks landing in
+[0.95, 1] x target that keep the most singular-value energy, multiples of 8 preferred), `energy` (keep that
+fraction of the singular-value energy of each unfolded mode; not for CP) or a fixed `rank`. Layers the
+method cannot handle (grouped/depthwise, transposed, wrong kernel for the method) and layers where the
+chosen ranks would not reduce MACs are left alone and listed in StepRecord.skipped with the reason. Each
+decomposed layer's ranks, MACs and params before/after and relative reconstruction error
+||W - W_hat||_F / ||W||_F are in StepRecord.changed. MACs are per forward of `example_inputs` when the
+context has them, else per output position (noted). Factorisations: see decompose_factors.py.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+
+from convopt.errors import ConfigError
+from convopt.transforms import decompose_factors as factors
+from convopt.transforms.config import StepRecord, TransformConfig, TransformContext, register_transform, set_submodule
+from convopt.transforms.decompose_rank import (
+    LayerGeometry, cp_cost, energy_fractions, energy_rank, linear_rank_for_macs, svd_cost, tucker2_cost,
+    tucker2_ranks_for_macs,
+)  # fmt: skip
+
+METHODS = ("tucker", "cp", "svd")
+_NAMES = {"tucker": "Tucker-2", "cp": "CP", "svd": "SVD"}
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class DecomposeConfig(TransformConfig):
+    """Decompose the selected layers with `method`.
+
+    Give exactly one of: ratio (0 < r < 1, the fraction of each layer's MACs to keep), rank (>= 1) or
+    energy (0 < e <= 1, the fraction of singular-value energy to keep; tucker and svd only).
+    """
+
+    lossy: ClassVar[bool] = True  # judged by accuracy, not by the output-change budget
+
+    method: str = "tucker"
+    ratio: float | None = None
+    rank: int | None = None
+    energy: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"DecomposeConfig(method={self.method!r}): use one of {', '.join(METHODS)}")
+        given = [k for k in ("ratio", "rank", "energy") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ConfigError(f"DecomposeConfig needs exactly one of ratio=, rank=, energy=; got {given or 'none'} "
+                              "(e.g. DecomposeConfig('tucker', ratio=0.5) keeps 50% of each layer's MACs)")  # fmt: skip
+        if self.ratio is not None and not (_number(self.ratio) and 0.0 < self.ratio < 1.0):
+            raise ConfigError(f"DecomposeConfig(ratio={self.ratio!r}): the fraction of MACs to keep must lie strictly "
+                              "between 0 and 1, e.g. 0.5")  # fmt: skip
+        if self.rank is not None and not (_number(self.rank) and isinstance(self.rank, int) and self.rank >= 1):
+            raise ConfigError(f"DecomposeConfig(rank={self.rank!r}): the rank must be an integer >= 1")
+        if self.energy is not None and not (_number(self.energy) and 0.0 < self.energy <= 1.0):
+            raise ConfigError(f"DecomposeConfig(energy={self.energy!r}): the singular-value energy to keep must be in "
+                              "(0, 1], e.g. 0.9")  # fmt: skip
+        if self.energy is not None and self.method == "cp":
+            raise ConfigError("DecomposeConfig(method='cp', energy=...): CP has no singular values to threshold; "
+                              "give ratio= or rank=, or use method='tucker' with energy=")  # fmt: skip
+
+
+@dataclass
+class LayerDecomposition:
+    """What happened to one layer (MACs per forward of the example inputs, or per output position)."""
+
+    name: str
+    method: str
+    ranks: tuple[int, ...]
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    rel_error: float
+
+    def describe(self) -> str:
+        ranks = "x".join(str(r) for r in self.ranks)
+        return (f"{_NAMES[self.method]} rank {ranks}: MACs {self.macs_before:,} -> {self.macs_after:,} "
+                f"({self.macs_after / self.macs_before:.1%}), weight params {self.params_before:,} -> "
+                f"{self.params_after:,}, relative reconstruction error {self.rel_error:.3g}")  # fmt: skip
+
+
+@dataclass
+class DecomposeResult:
+    layers: list[LayerDecomposition] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def why_not(module: nn.Module, method: str) -> str | None:
+    """Why `method` cannot decompose `module` (None if it can)."""
+    if isinstance(module.weight, nn.parameter.UninitializedParameter):
+        return "lazy layer not initialised yet: run the model once first"
+    if isinstance(module, nn.Linear):
+        return None if method == "svd" else "Linear layer: decompose it with method='svd'"
+    if module.transposed:
+        return "transposed conv: decomposition is not supported for it"
+    if module.groups != 1:
+        return f"grouped/depthwise conv (groups={module.groups}): channel-mode factors would mix the groups"
+    pointwise = all(k == 1 for k in module.kernel_size)
+    if method == "svd" and not pointwise:
+        return f"{'x'.join(map(str, module.kernel_size))} kernel: SVD handles 1x1 convs; use method='tucker' or 'cp'"
+    if method != "svd" and pointwise:
+        return f"1x1 conv: its {_NAMES[method]} decomposition is an SVD; use method='svd'"
+    if method == "cp" and len(module.kernel_size) != 2:
+        return f"{len(module.kernel_size)}-D conv: CP splits a 2-D kernel into vertical and horizontal convs"
+    return None
+
+
+def _geometries(model: nn.Module, names: list[str], example_inputs: tuple) -> dict[str, LayerGeometry]:
+    """Pixel counts per layer from one forward of `example_inputs`, summed over calls."""
+    seen: dict[str, list[int]] = {}
+
+    def hook(name: str):  # type: ignore[no-untyped-def]
+        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            x = args[0]
+            if isinstance(module, nn.Linear):
+                counts = [x.numel() // x.shape[-1]] * 3
+            else:  # (N, C, *spatial): mid = N * H_out * W_in (CP's vertical conv output)
+                counts = [x.numel() // x.shape[1], output.numel() // output.shape[1],
+                          output.numel() // output.shape[1] // output.shape[-1] * x.shape[-1]]  # fmt: skip
+            seen[name] = [a + b for a, b in zip(seen.get(name, [0, 0, 0]), counts)]
+
+        return record
+
+    modules = dict(model.named_modules())
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(*example_inputs)  # eval: counting MACs must not update BatchNorm statistics
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return {n: _geometry(modules[n], *seen[n]) for n in names if n in seen}
+
+
+def _geometry(module: nn.Module, in_px: int = 0, out_px: int = 0, mid_px: int = 0) -> LayerGeometry:
+    if isinstance(module, nn.Linear):
+        return LayerGeometry(module.in_features, module.out_features, (), in_px or 1, out_px or 1, mid_px or 1)
+    if not in_px:  # per output position: the input has prod(stride) positions per output position
+        stride = module.stride
+        in_px, out_px, mid_px = int(torch.tensor(stride).prod()), 1, stride[-1]
+    return LayerGeometry(module.in_channels, module.out_channels, tuple(module.kernel_size), in_px, out_px, mid_px)
+
+
+def _ranks(module: nn.Module, config: DecomposeConfig, g: LayerGeometry) -> tuple[int, ...]:
+    w = module.weight.detach()
+    target = None if config.ratio is None else config.ratio * g.macs()
+    if config.method == "tucker":
+        if config.rank is not None:
+            return min(config.rank, g.c_out), min(config.rank, g.c_in)
+        sv_out, sv_in = factors.mode_singular_values(w, 0), factors.mode_singular_values(w, 1)
+        if config.energy is not None:
+            return energy_rank(sv_out, config.energy), energy_rank(sv_in, config.energy)
+        return tucker2_ranks_for_macs(g, target, energy_fractions(sv_out), energy_fractions(sv_in))
+    if config.method == "cp":
+        per_rank = cp_cost(g, 1)[0]
+        if config.rank is not None:
+            return (config.rank,)
+        return (linear_rank_for_macs(per_rank, max(1, g.macs() // per_rank), target),)
+    full = min(g.c_in, g.c_out)
+    if config.rank is not None:
+        return (min(config.rank, full),)
+    if config.energy is not None:
+        return (energy_rank(torch.linalg.svdvals(w.double().reshape(g.c_out, g.c_in)), config.energy),)
+    return (linear_rank_for_macs(svd_cost(g, 1)[0], full, target),)
+
+
+def _conv(like: _ConvNd, c_in: int, c_out: int, weight: torch.Tensor, bias: torch.Tensor | None = None,
+          **kw: object) -> _ConvNd:  # fmt: skip
+    """A conv of like's type, dtype and device holding `weight` (float64 factor, cast) and `bias`."""
+    dims = like.weight.dim() - 2
+    kernel = kw.pop("kernel_size", (1,) * dims)
+    on = dict(device=like.weight.device, dtype=like.weight.dtype)
+    conv = type(like)(c_in, c_out, kernel, bias=bias is not None, **on, **kw)
+    with torch.no_grad():
+        conv.weight.copy_(weight.reshape(conv.weight.shape))
+        if bias is not None:
+            conv.bias.copy_(bias)
+    return conv
+
+
+def _build(module: nn.Module, method: str, ranks: tuple[int, ...]) -> tuple[nn.Module, torch.Tensor]:
+    """The replacement (nn.Sequential of smaller layers) and the float64 weight it computes."""
+    w, bias = module.weight.detach(), None if module.bias is None else module.bias.detach()
+    if method == "svd":
+        first, second = factors.svd(w.reshape(w.shape[0], w.shape[1]), ranks[0])  # (R, C_in), (C_out, R)
+        if isinstance(module, nn.Linear):
+            layers = [nn.Linear(w.shape[1], ranks[0], bias=False, device=w.device, dtype=w.dtype),
+                      nn.Linear(ranks[0], w.shape[0], bias=bias is not None, device=w.device, dtype=w.dtype)]  # fmt: skip
+            with torch.no_grad():
+                layers[0].weight.copy_(first)
+                layers[1].weight.copy_(second)
+                if bias is not None:
+                    layers[1].bias.copy_(bias)
+        else:  # stride and padding go to the first 1x1 (no bias: padded zeros stay zero through it)
+            layers = [_conv(module, w.shape[1], ranks[0], first, stride=module.stride, padding=module.padding,
+                            padding_mode=module.padding_mode), _conv(module, ranks[0], w.shape[0], second, bias)]  # fmt: skip
+        return nn.Sequential(OrderedDict(zip(("reduce", "expand"), layers))), second @ first
+    c_out, c_in = w.shape[:2]
+    geometry = dict(padding_mode=module.padding_mode)
+    if method == "tucker":
+        u_out, core, u_in = factors.tucker2(w, *ranks)  # (C_out, R_out), (R_out, R_in, *k), (C_in, R_in)
+        r_out, r_in = ranks
+        parts: OrderedDict[str, nn.Module] = OrderedDict()
+        if r_in < c_in:
+            parts["reduce"] = _conv(module, c_in, r_in, u_in.T)
+        parts["core"] = _conv(module, r_in, r_out, core, bias if r_out == c_out else None,
+                              kernel_size=module.kernel_size, stride=module.stride, padding=module.padding,
+                              dilation=module.dilation, **geometry)  # fmt: skip
+        if r_out < c_out:
+            parts["expand"] = _conv(module, r_out, c_out, u_out, bias)
+        return nn.Sequential(parts), factors.tucker2_to_weight(u_out, core, u_in)
+    (rank,) = ranks
+    a, b, v, h = factors.cp(w, rank)  # (C_out, R), (C_in, R), (Kh, R), (Kw, R)
+    (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
+    pad = module.padding
+    pad_v, pad_h = (pad, pad) if isinstance(pad, str) else ((pad[0], 0), (0, pad[1]))
+    parts = OrderedDict(
+        reduce=_conv(module, c_in, rank, b.T),
+        vertical=_conv(module, rank, rank, v.T, kernel_size=(kh, 1), stride=(sh, 1), padding=pad_v, dilation=(dh, 1),
+                       groups=rank, **geometry),
+        horizontal=_conv(module, rank, rank, h.T, kernel_size=(1, kw), stride=(1, sw), padding=pad_h, dilation=(1, dw),
+                         groups=rank, **geometry),
+        expand=_conv(module, rank, c_out, a, bias),
+    )  # fmt: skip
+    return nn.Sequential(parts), factors.cp_to_weight(a, b, v, h)
+
+
+def decompose_(model: nn.Module, config: DecomposeConfig, example_inputs: tuple = ()) -> DecomposeResult:
+    """Decompose the selected layers of `model` in place; see the module docstring."""
+    result = DecomposeResult()
+    layer_types = (_ConvNd, nn.Linear)
+    selected = [(n, m) for n, m in model.named_modules() if isinstance(m, layer_types) and config.selects(n)]
+    if not selected:
+        names = [n for n, m in model.named_modules() if isinstance(m, layer_types)]
+        raise ConfigError(f"DecomposeConfig(modules={config.modules!r}) selects no conv or linear layer; this model's "
+                          f"are {', '.join(names[:10]) or 'none'}{', ...' if len(names) > 10 else ''}")  # fmt: skip
+    candidates = []
+    for name, module in selected:
+        reason = why_not(module, config.method)
+        if not name and not reason:
+            reason = "the model itself is the layer: wrap it in nn.Sequential"
+        if reason:
+            result.skipped[name] = reason
+        else:
+            candidates.append((name, module))
+    if not candidates:
+        reasons = "; ".join(f"{n}: {r}" for n, r in list(result.skipped.items())[:5])
+        raise ConfigError(f"DecomposeConfig(method={config.method!r}, modules={config.modules!r}) matches no layer "
+                          f"it can decompose ({reasons})")  # fmt: skip
+    shapes = _geometries(model, [n for n, _ in candidates], example_inputs) if example_inputs else {}
+    if not example_inputs:
+        result.notes.append("MACs are per output position (no example inputs were given)")
+    cost = {"tucker": tucker2_cost, "cp": cp_cost, "svd": svd_cost}[config.method]
+    for name, module in candidates:
+        if example_inputs and name not in shapes:
+            result.skipped[name] = "not called by the model's forward on the example inputs: no MACs to save"
+            continue
+        g = shapes.get(name) or _geometry(module)
+        ranks = _ranks(module, config, g)
+        macs, params = cost(g, *ranks)
+        if macs >= g.macs():
+            label = "x".join(map(str, ranks))
+            result.skipped[name] = (f"{_NAMES[config.method]} at rank {label} would not reduce MACs "
+                                    f"({g.macs():,} -> {macs:,}); left as is")  # fmt: skip
+            continue
+        replacement, approx = _build(module, config.method, ranks)
+        replacement.train(module.training).requires_grad_(module.weight.requires_grad)
+        set_submodule(model, name, replacement)
+        result.layers.append(LayerDecomposition(name, config.method, ranks, g.macs(), macs, g.params(), params,
+                                                factors.relative_error(module.weight, approx)))  # fmt: skip
+    if result.layers:
+        before, after = sum(d.macs_before for d in result.layers), sum(d.macs_after for d in result.layers)
+        result.notes.append(f"{len(result.layers)} layer(s) decomposed: their MACs {before:,} -> {after:,} "
+                            f"({after / before:.1%})")  # fmt: skip
+    return result
+
+
+@register_transform(DecomposeConfig)
+def decompose(model: nn.Module, config: DecomposeConfig, context: TransformContext) -> StepRecord:
+    result = decompose_(model, config, tuple(context.example_inputs))
+    record = StepRecord(config.to_dict(), skipped=dict(result.skipped), notes=list(result.notes))
+    record.changed = {d.name: d.describe() for d in result.layers}
+    for note in result.notes:
+        context.log(note)
+    return record
