@@ -41,3 +41,7 @@ class ConfigError(ConvoptError, ValueError):
 
 class UnsupportedLayerError(ConvoptError, NotImplementedError):
     """An analysis (interval bounds, ...) meets a layer or graph node it cannot handle; the message names it."""
+
+
+class CalibrationError(ConvoptError, ValueError):
+    """Calibration data that cannot calibrate the model: an empty set, or a batch whose shape the model rejects."""
