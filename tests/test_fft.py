@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import convopt
-from convopt.kernels import fft
+from convopt.kernels import fft, fft_planes
 from convopt.kernels.dispatch import check_call
 from convopt.kernels.reference import reference_conv
 from convopt.kernels.registry import get_algorithm
@@ -32,6 +32,10 @@ CASES = {  # name: (input shape, weight shape, conv kwargs)
     "3d": ((1, 3, 10, 9, 8), (4, 3, 3, 3, 3), dict(padding=1)),
     "3d_7x7x7_same": ((1, 2, 14, 14, 14), (2, 2, 7, 7, 7), dict(padding="same")),
     "3d_even_groups_dilated": ((1, 4, 9, 10, 11), (4, 2, 2, 3, 2), dict(padding="same", groups=2, dilation=2)),
+    # plane path: batch rows interleaved with depth, depth padding beyond the kernel's reach, depth dilation
+    "3d_batch_groups_deep_padding": ((3, 4, 5, 6, 7), (6, 2, 3, 2, 3), dict(padding=(5, 1, 2), groups=2,
+                                                                           dilation=(2, 1, 1))),
+    "3d_deeper_than_plane_path": ((1, 2, 12, 6, 5), (3, 2, 10, 3, 2), dict(padding="same")),  # full 3-D FFT
 }
 
 
@@ -54,6 +58,18 @@ def test_matches_float64_reference_normwise(name, dtype):
     error = measure(name, dtype)
     assert error <= normwise_limit("fft", dtype), f"{name}: normwise error {error:.3g}"
     assert error <= ENVELOPE[dtype], f"{name}: normwise error {error:.3g} outside the documented envelope"
+
+
+def test_real_gemm_weight_computes_the_complex_product():
+    generator = torch.Generator().manual_seed(0)
+    spectra = torch.randn(5, 3, 2, 6, 4, dtype=torch.complex128, generator=generator)  # (F, taps, G, Cg, Kg)
+    x = torch.randn(3, 5, 2, 7, 6, dtype=torch.complex128, generator=generator)  # (taps, F, G, rows, Cg)
+    real = fft_planes.real_gemm_weight(spectra)
+    assert real.shape == (3, 10, 12, 8) and real.dtype == torch.float64
+    y = torch.view_as_real(x).flatten(-2).view(3, 10, 7, 12) @ real  # (taps, F * G, rows, 2 * Kg) real
+    expected = x @ spectra.transpose(0, 1)  # y[.., k] = sum_c x[.., c] w[c, k]
+    torch.testing.assert_close(torch.view_as_complex(y.unflatten(-1, (4, 2))), expected.view(3, 10, 7, 4),
+                               rtol=1e-12, atol=1e-12)  # fmt: skip
 
 
 def test_error_kind_and_limit_are_normwise_1e5():

@@ -20,12 +20,17 @@ Error envelope: normwise (max|y - y_ref| / max(|x| conv |w|), REFERENCES.md s.3)
 normal data for 1-D/2-D/3-D, kernels 1..31, dilation, groups, padding wider than the kernel: fp32 about
 1e-8 to 4e-7 (limit 1e-5; larger kernels sit lower, as the bound grows faster than the rounding), fp64
 about 5e-17 to 2e-15 (limit 1e-12). Handles 1-D/2-D/3-D, stride 1 only, any kernel, dilation, padding,
-groups (depthwise included). Measured on the 2-core reference machine (benchmarks/bench_fft.py, weight
-prepared once): 2-D 64 channels 64x64 k=31 about 13-16x F.conv2d; 3-D 16 channels 64^3 k=7 about
-1.7-2.2x F.conv3d. 3-D kernels up to 9 deep run as 2-D FFTs over (H, W) plus a direct sum over depth taps
-(one batched GEMM per tap with every output depth as its N dimension): a full 3-D FFT would make the
-per-bin product a 16x16 GEMV over a 361 MB spectrum; the plane path needs a 7x smaller spectrum and
-doubles the per-call speed (1.3-1.8x F.conv3d without a cached spectrum, from 0.8-0.9x).
+groups (depthwise included). Measured on the 2-core machine (benchmarks/bench_fft.py, weight prepared
+once, interleaved medians, 3 rounds; the machine was shared with other jobs, load 5-9, so re-measure
+quietly): 2-D 64 channels 64x64 k=31 12.7-15.5x F.conv2d (13-16x when last measured quietly); 3-D 16
+channels 64^3 k=7 2.8-3.9x F.conv3d (the previous complex-GEMM plane path: 2.0-2.6x in the same
+conditions, 1.7-2.2x quietly), 3.4-4.2x in single-thread CPU time (previously 2.1-2.5x). Those 2-thread
+figures ran with OMP_WAIT_POLICY=PASSIVE: with OpenMP's default spin-waiting, the other jobs inflated
+each of fft's dozen short parallel ops and the ratios fell to 1.8-2.0x (3-D) and 3.3-4.7x (2-D).
+Break-even 2-D kernel (C=64, 64x64): k=11 at batch 1, k=5 at batch 8
+(prepared). 3-D kernels up to 9 deep run as 2-D FFTs over (H, W) plus a direct sum over the depth taps
+(`fft_planes`: one real batched GEMM per tap with the output depths as rows): a full 3-D FFT would make the
+per-bin product a 16x16 GEMV over a 361 MB spectrum; the plane path reads a 5x smaller one.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from typing import Any
 
 import torch
 
+from convopt.kernels import fft_planes
 from convopt.kernels.registry import ConvAlgorithm, add_bias, float_dtype_reason, register_algorithm, require
 from convopt.spec import ConvSpec
 
@@ -77,6 +83,30 @@ def _dft_matrix(length: int, bins: int, kernel: int, dilation: int, shift: int, 
     return torch.polar(torch.ones_like(angle), angle).to(dtype)
 
 
+def taps_spectrum(taps: torch.Tensor, spec: ConvSpec, sizes: tuple[int, ...]) -> torch.Tensor:
+    """The rfftn spectrum of kernel taps placed as `spec` places them, one transform per trailing column.
+
+    Args:
+        taps: (*kernel, M) complex: M kernels' taps (channel pairs, depth taps, ...), any trailing order.
+        spec: the convolution (padding and dilation decide where the taps sit).
+        sizes: the FFT size per spatial dim (from `fft_shape`).
+
+    Returns:
+        (*bins, M) complex, bins = (*sizes[:-1], sizes[-1] // 2 + 1).
+    """
+    bins = (*sizes[:-1], sizes[-1] // 2 + 1)
+    spectrum, done = taps, taps.shape[-1]  # `done`: trailing elements already in the frequency domain
+    # One DFT-matrix GEMM per dim, last dim first: a single large complex GEMM each (cheap for k << L;
+    # dilation, the shift and aliased taps are all in the matrix).
+    for j in range(spec.dims - 1, -1, -1):
+        k, lead = spec.kernel_size[j], math.prod(spec.kernel_size[:j])
+        e = _dft_matrix(sizes[j], bins[j], k, spec.dilation[j], spec.padding[j][0], taps.dtype).to(taps.device)
+        # (lead, k, done) -> (lead, bins_j, done)
+        spectrum = torch.matmul(e, spectrum.reshape(lead, k, done))
+        done *= bins[j]
+    return spectrum.reshape(*bins, taps.shape[-1])
+
+
 def kernel_spectrum(weight: torch.Tensor, spec: ConvSpec, sizes: tuple[int, ...]) -> torch.Tensor:
     """The kernel's rfftn spectrum laid out for the channel GEMM.
 
@@ -88,20 +118,11 @@ def kernel_spectrum(weight: torch.Tensor, spec: ConvSpec, sizes: tuple[int, ...]
     Returns:
         (*bins, groups, C_out / groups, C_in / groups) complex, bins = (*sizes[:-1], sizes[-1] // 2 + 1).
     """
-    dims, cdtype = spec.dims, _COMPLEX[weight.dtype]
-    bins = (*sizes[:-1], sizes[-1] // 2 + 1)
     # (K, Cg, *k) -> (*k, K * Cg): taps lead, channels trail, so the result is already (*bins, K, Cg).
-    spectrum = weight.permute(*range(2, 2 + dims), 0, 1).to(cdtype)
-    done = weight.shape[0] * weight.shape[1]  # trailing elements already in the frequency domain
-    # One DFT-matrix GEMM per dim, last dim first: a single large complex GEMM each (cheap for k << L;
-    # dilation, the shift and aliased taps are all in the matrix).
-    for j in range(dims - 1, -1, -1):
-        k, lead = spec.kernel_size[j], math.prod(spec.kernel_size[:j])
-        e = _dft_matrix(sizes[j], bins[j], k, spec.dilation[j], spec.padding[j][0], cdtype).to(weight.device)
-        # (lead, k, done) -> (lead, bins_j, done)
-        spectrum = torch.matmul(e, spectrum.reshape(lead, k, done))
-        done *= bins[j]
-    return spectrum.reshape(*bins, spec.groups, spec.out_channels // spec.groups, spec.in_channels // spec.groups)
+    taps = weight.permute(*range(2, 2 + spec.dims), 0, 1).to(_COMPLEX[weight.dtype])
+    spectrum = taps_spectrum(taps.reshape(*spec.kernel_size, -1), spec, sizes)
+    return spectrum.reshape(*spectrum.shape[:-1], spec.groups, spec.out_channels // spec.groups,
+                            spec.in_channels // spec.groups)  # fmt: skip
 
 
 class FFTWeight:
@@ -130,51 +151,21 @@ def _prepare(weight: torch.Tensor, spec: ConvSpec) -> FFTWeight:
     return FFTWeight(weight, spec)
 
 
-def _plane_spec(spec: ConvSpec) -> ConvSpec:
-    """The (H, W) part of a 3-D convolution, as a 2-D ConvSpec."""
-    return ConvSpec(spec.in_channels, spec.out_channels, spec.kernel_size[1:], spec.stride[1:], spec.padding[1:],
-                    spec.dilation[1:], spec.groups, spec.bias)  # fmt: skip
-
-
 def _run_3d_by_planes(x: torch.Tensor, prepared: FFTWeight, spec: ConvSpec) -> torch.Tensor:
-    """3-D convolution as 2-D FFTs over (H, W) plus a direct sum over the depth taps.
-
-    A full 3-D FFT turns the channel reduction into one tiny GEMV per frequency bin over a huge kernel
-    spectrum; per plane, each depth tap is instead one batched GEMM whose N dimension is every output
-    depth of every image, over a spectrum kd times smaller than the 3-D one is large.
-    """
-    plane, groups = _plane_spec(spec), spec.groups
-    n, (depth_lo, depth_hi) = x.shape[0], spec.padding[0]
-    x = torch.nn.functional.pad(x, (0, 0, 0, 0, depth_lo, depth_hi))  # depth padding only
-    out_depth = x.shape[2] - spec.dilation[0] * (spec.kernel_size[0] - 1)
-    out_plane = plane.output_shape((1, spec.in_channels, *x.shape[3:]))[2:]
+    """The plane path (`fft_planes`): 2-D FFTs over (H, W), the depth taps summed by real GEMMs."""
+    plane = fft_planes.plane_spec(spec)
     sizes = fft_shape(plane, tuple(x.shape[3:]))
-    taps = spec.kernel_size[0]
 
-    cg, kg = spec.in_channels // groups, spec.out_channels // groups
+    def build() -> torch.Tensor:  # (taps, F * G, 2 * Cg, 2 * Kg) real
+        w, groups, (depth, *k) = prepared.weight, spec.groups, spec.kernel_size
+        kg, cg = w.shape[0] // groups, w.shape[1]
+        # (G * Kg, Cg, depth, kh, kw) -> (kh, kw, depth * G * Cg * Kg): one 2-D transform for every tap,
+        # already in the (bin, tap, group, in, out) order the GEMM weight wants.
+        taps = w.reshape(groups, kg, cg, depth, *k).permute(4, 5, 3, 0, 2, 1).to(_COMPLEX[w.dtype])
+        spectra = taps_spectrum(taps.reshape(*k, -1), plane, sizes)
+        return fft_planes.real_gemm_weight(spectra.reshape(-1, depth, groups, cg, kg))
 
-    def build() -> torch.Tensor:  # (taps, F * G, Cg, Kg): transposed per bin, as the GEMM below consumes it
-        w = prepared.weight
-        stacked = torch.stack([kernel_spectrum(w[:, :, t], plane, sizes) for t in range(taps)])
-        return stacked.reshape(taps, -1, kg, cg).transpose(-1, -2).contiguous()
-
-    w_t = prepared.spectrum(("planes", *sizes), build)
-    f = w_t.shape[1] // groups
-    x_hat = torch.fft.rfftn(x, s=sizes, dim=(-2, -1))  # (N, C, Dp, *bins)
-    # (N, G, Cg, Dp, F) -> (F, G, Dp, N, Cg): a depth window is then a plain (D_out * N, Cg) matrix view.
-    x_hat = x_hat.reshape(n, groups, cg, x.shape[2], f).permute(4, 1, 3, 0, 2).contiguous()
-    y_hat = x_hat.new_zeros(f * groups, out_depth * n, kg)
-    for t in range(taps):
-        start = t * spec.dilation[0]
-        window = x_hat[:, :, start : start + out_depth].reshape(f * groups, out_depth * n, cg)
-        y_hat.baddbmm_(window, w_t[t])  # (F*G, D_out*N, Kg) += window @ W_t^T
-    # (F, G, D_out, N, Kg) -> (N, G, Kg, D_out, F) -> (N, K, D_out, *bins)
-    bins = (sizes[0], sizes[1] // 2 + 1)
-    y_hat = y_hat.reshape(f, groups, out_depth, n, kg).permute(3, 1, 4, 2, 0).reshape(
-        n, spec.out_channels, out_depth, *bins
-    )
-    y_hat = torch.fft.ifft(y_hat.contiguous(), dim=-2)[..., : out_plane[0], :]
-    return torch.fft.irfft(y_hat, n=sizes[1], dim=-1)[..., : out_plane[1]]
+    return fft_planes.run_planes(x, prepared.spectrum(("planes", *sizes), build), spec, sizes)
 
 
 def _run(x: torch.Tensor, prepared: FFTWeight, bias: torch.Tensor | None, spec: ConvSpec) -> torch.Tensor:
