@@ -20,11 +20,14 @@ from torch import nn
 
 from convopt.errors import ConvoptError, ModelLoadError
 from convopt.loading import load_model
-from convopt.transforms.config import TransformConfig, config_from_dict
-from convopt.transforms.pipeline import apply
+from convopt.transforms.config import Compose, TransformConfig, config_from_dict
+from convopt.transforms.int8_engine import Int8Module
+from convopt.transforms.pipeline import apply, flatten_steps
+from convopt.transforms.quantize import Int8Config
 
 RECIPE_VERSION = 1
 WEIGHTS_FILE, RECIPE_FILE, ORIGINAL_FILE = "model.safetensors", "recipe.json", "original.safetensors"
+INT8_FILE = "model.int8.onnx"  # an INT8 model's engine graph (QDQ ONNX); model.safetensors holds its float weights
 
 
 def sha256_of(path: str | Path) -> str:
@@ -89,6 +92,9 @@ def save_optimized(model: nn.Module, out: str | Path, *, source: str | None, inp
             "weights_sha256": sha256_of(staging / WEIGHTS_FILE),
             **(recipe_extra or {}),
         }
+        if isinstance(model, Int8Module):
+            (staging / INT8_FILE).write_bytes(model.onnx_bytes)
+            recipe["int8"] = {"onnx": INT8_FILE, "onnx_sha256": sha256_of(staging / INT8_FILE), "engine": model.engine}
         (staging / RECIPE_FILE).write_text(json.dumps(recipe, indent=2), encoding="utf-8")
         for name, writer in (extra_files or {}).items():
             writer(staging / name)
@@ -157,9 +163,30 @@ def load(directory: str | Path, *, trust_code: bool = False) -> nn.Module:
         raise ModelLoadError(f"{directory} has no {WEIGHTS_FILE}")
     if sha256_of(weights) != recipe.get("weights_sha256"):
         raise ModelLoadError(f"{weights} does not match the hash in {RECIPE_FILE}: the folder was modified")
+    if "int8" in recipe:
+        return _load_int8(directory, recipe, trust_code)
     model, _ = apply(_architecture(recipe, directory, trust_code), config_from_dict(recipe["config"]))
     try:
         model.load_state_dict(load_file(str(weights)), strict=True)
     except RuntimeError as exc:
         raise ModelLoadError(f"{weights} does not fit the rebuilt architecture: {str(exc).splitlines()[0]}") from exc
+    return model.eval()
+
+
+def _load_int8(directory: Path, recipe: dict[str, Any], trust_code: bool) -> nn.Module:
+    """The saved INT8 model: the recipe's float steps replayed (no recalibration), its saved engine graph."""
+    int8 = recipe["int8"]
+    path = directory / INT8_FILE
+    if int8.get("onnx") != INT8_FILE or not path.is_file():
+        raise ModelLoadError(f"{directory} has no {INT8_FILE} (the INT8 engine graph its recipe names)")
+    if sha256_of(path) != int8.get("onnx_sha256"):
+        raise ModelLoadError(f"{path} does not match the hash in {RECIPE_FILE}: the folder was modified")
+    steps = [s for s in flatten_steps(config_from_dict(recipe["config"])) if not isinstance(s, Int8Config)]
+    float_model, _ = apply(_architecture(recipe, directory, trust_code), Compose(steps))
+    model = Int8Module(float_model, path.read_bytes(), int8.get("engine", ""))
+    try:
+        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=True)
+    except RuntimeError as exc:
+        raise ModelLoadError(f"{directory / WEIGHTS_FILE} does not fit the rebuilt architecture: "
+                             f"{str(exc).splitlines()[0]}") from exc  # fmt: skip
     return model.eval()

@@ -6,12 +6,14 @@ import argparse
 import json
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from torch import nn
+
+from convopt.io import strict_json
 
 DEFAULT_OUT = "convopt-out"
 
@@ -31,6 +33,32 @@ def add_parser(commands: Any, positive_int: Any) -> None:
     p.add_argument("--no-compare", action="store_true", help="skip the torch.compile and ONNX Runtime comparison")
     p.add_argument("--no-graph-passes", action="store_true", help="tune layers only (for models fx cannot trace)")
     p.add_argument("--json", metavar="PATH|-", help="also write report.json here ('-' for stdout)")
+    _add_compress_arguments(p)
+    _add_quantize_arguments(p, positive_int)
+
+
+def _add_compress_arguments(p: Any) -> None:
+    c = p.add_argument_group("compression (before tuning; judged by accuracy on --data)")
+    c.add_argument("--prune", metavar="SPEC", help="structured:RATIO (MACs removed), unstructured:RATIO or N:M (e.g. 2:4)")
+    c.add_argument("--decompose", metavar="SPEC", help="tucker:MAC_RATIO (MACs kept), cp:RANK or svd:ENERGY")
+    c.add_argument("--distill", type=int, default=0, metavar="EPOCHS",
+                   help="fine-tune the compressed model against the original by knowledge distillation")  # fmt: skip
+    c.add_argument("--max-accuracy-drop", type=float, default=None, metavar="P",
+                   help="allowed top-1 loss in points on --data (default 1.0)")  # fmt: skip
+
+
+def _add_quantize_arguments(p: Any, positive_int: Any) -> None:
+    q = p.add_argument_group("INT8 quantization")
+    q.add_argument("--quantize", choices=["int8"], help="quantize to INT8 and run on the fastest measured engine")
+    q.add_argument("--calibration", type=positive_int, default=256, metavar="N",
+                   help="calibration samples, drawn from the training split of --data (default 256)")  # fmt: skip
+    q.add_argument("--qat", type=int, default=0, metavar="EPOCHS",
+                   help="quantization-aware fine-tuning epochs first (checkpointed in the cache: a killed run resumes)")  # fmt: skip
+    if "--max-accuracy-drop" not in p._option_string_actions:  # shared with other accuracy-budgeted steps
+        q.add_argument("--max-accuracy-drop", type=float, default=None, metavar="P",
+                       help="allowed top-1 loss in points on --data (default 1.0)")  # fmt: skip
+    q.add_argument("--observer", default="minmax", choices=["minmax", "moving_average", "percentile", "mse", "entropy"],
+                   help="activation range observer for calibration (default minmax)")  # fmt: skip
 
 
 def _portable_source(model: str | None) -> str | None:
@@ -41,6 +69,44 @@ def _portable_source(model: str | None) -> str | None:
     if colon and location.endswith(".py"):
         return f"{Path(location).resolve()}:{attribute}"
     return str(Path(model).resolve()) if Path(model).exists() else model
+
+
+def _compress_options(args: argparse.Namespace, model: nn.Module, shape: list[int]) -> dict[str, Any]:
+    """The CompressionPlan from --prune/--decompose/--distill, with training and held-out data ({} without)."""
+    from convopt.compress_flow import CompressionPlan, training_split
+    from convopt.errors import ConfigError
+    from convopt.quantize_flow import qat_checkpoint_dir
+
+    if args.distill < 0:
+        raise ConfigError(f"--distill {args.distill}: give a number of epochs >= 0")
+    plan = CompressionPlan.from_cli(args.prune, args.decompose, args.distill, args.max_accuracy_drop)
+    if plan is None:
+        return {}
+    if not args.data:
+        raise ConfigError("--prune/--decompose/--distill need --data: labelled data to fine-tune and to check accuracy")
+    train, held_out = training_split(args.data, shape)
+    folder = qat_checkpoint_dir(model, data=args.data, plan=repr(plan)) if plan.distill_epochs else None
+    return {"plan": plan, "train_data": train, "data": held_out, "checkpoint_dir": folder}
+
+
+def _quantize_options(args: argparse.Namespace, model: nn.Module, shape: list[int]) -> dict[str, Any]:
+    """quantize_model keyword arguments from the command line (calibration, held-out and training data)."""
+    from convopt.errors import ConfigError
+    from convopt.quantize_flow import calibration_split, qat_checkpoint_dir
+
+    if not args.data:
+        raise ConfigError("--quantize int8 needs --data: calibration inputs and held-out labels for the accuracy budget")
+    if args.qat < 0:
+        raise ConfigError(f"--qat {args.qat}: give a number of epochs >= 0")
+    calibration, held_out, train = calibration_split(args.data, shape, args.calibration)
+    drop = 1.0 if args.max_accuracy_drop is None else args.max_accuracy_drop
+    options: dict[str, Any] = {"calibration": calibration, "data_eval": held_out, "max_accuracy_drop": drop,
+                               "observer": args.observer, "qat_epochs": args.qat}  # fmt: skip
+    if args.qat:
+        options["train_data"] = train
+        options["checkpoint_dir"] = qat_checkpoint_dir(model, data=args.data, calibration=args.calibration,
+                                                       epochs=args.qat, observer=args.observer)  # fmt: skip
+    return options
 
 
 def _writers(result: Any, report: dict[str, Any], hardware: Any, inputs: torch.Tensor, original: Any) -> dict:
@@ -64,12 +130,29 @@ def _writers(result: Any, report: dict[str, Any], hardware: Any, inputs: torch.T
         except Exception as exc:  # export failures are reported, not fatal
             notes.append(f"model.onnx not written: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}")
 
-    return {
+    writers = {
         "model.pt2": write_pt2,
         "model.onnx": write_onnx,
-        "report.json": lambda path: path.write_text(json.dumps(report, indent=2), encoding="utf-8"),
+        "report.json": lambda path: path.write_text(strict_json(report), encoding="utf-8"),
         "report.html": lambda path: path.write_text(render(report, hardware), encoding="utf-8"),
     }
+    sections: list[Callable[[], str]] = []
+    if report.get("compression"):
+        from convopt.report.compress_html import render_compress_section
+
+        sections.append(lambda: render_compress_section(report["compression"]))
+    if report.get("quantization"):
+        from convopt.report.quant_html import render_quant_section
+
+        # the INT8 engine runs an ONNX graph (model.int8.onnx, written by save_optimized): no torch.export of it
+        del writers["model.pt2"]
+        notes.append("model.int8.onnx is the deployed INT8 graph (QDQ ONNX), run by OpenVINO or ONNX Runtime")
+        sections.append(lambda: render_quant_section(report["quantization"]))
+    if sections:
+        writers["report.html"] = lambda path: path.write_text(
+            render(report, hardware).replace("</body>", "".join(section() for section in sections) + "</body>", 1),
+            encoding="utf-8")  # fmt: skip
+    return writers
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
@@ -105,10 +188,18 @@ def run(args: argparse.Namespace, console: Console) -> int:
         def on_batch(done: int, total: int) -> None:
             bars.update(evaluating, completed=done, total=total)
 
+        compression = _compress_options(args, loaded.model, shape)
+        if compression.get("train_data") is not None:
+            data = compression["data"]
+        quantize = _quantize_options(args, loaded.model, shape) if args.quantize else None
+        if quantize is not None:
+            data = quantize.pop("data_eval")
         result = optimize(loaded.model, x, name=loaded.name, data=data, budget_error=args.budget_error,
                           max_rel_error=args.max_rel_error, threads=args.threads, repeats=args.repeats,
                           compare_backends=not args.no_compare, graph_passes=not args.no_graph_passes,
-                          progress=on_message, on_batch=on_batch)  # fmt: skip
+                          progress=on_message, on_batch=on_batch, quantize=quantize,
+                          compression=compression.get("plan"), train_data=compression.get("train_data"),
+                          checkpoint_dir=compression.get("checkpoint_dir"))  # fmt: skip
     report = result.report.to_dict()
     report["hardware"] = hardware.to_dict()
     with console.status(f"writing {out}"):
@@ -118,7 +209,7 @@ def run(args: argparse.Namespace, console: Console) -> int:
                        recipe_extra={"threads": report["threads"]})  # fmt: skip
     _print_summary(report, out, console)
     if args.json:
-        text = json.dumps(report, indent=2)
+        text = strict_json(report)
         if args.json == "-":
             print(text)
         else:
@@ -133,21 +224,32 @@ def _print_summary(report: dict[str, Any], out: Path, console: Console) -> None:
 
     lat, acc = report["latency_ms"], report["accuracy"]
     table = Table(title=f"convopt optimize: {report['model']} (batch {lat['batch']}, {report['threads']} threads)")
-    for column in ("backend", "latency", "vs eager", "max rel. error"):
+    # After compression, "eager" is the compressed model in PyTorch: compare against the untouched original.
+    key, label = ("speedup_vs_original", "vs original") if "original" in report["backends"] else ("speedup_vs_eager", "vs eager")
+    for column in ("backend", "latency", label, "max rel. error"):
         table.add_column(column, justify="left" if column == "backend" else "right")
     for name, entry in report["backends"].items():
         if entry.get("ms") is None:
             table.add_row(name, "-", "-", f"unavailable: {entry.get('unavailable')}")
             continue
         error = report["max_rel_error"] if name == "convopt" else entry.get("max_rel_error")
-        table.add_row(name, f"{entry['ms']:.3f} ms", f"{entry['speedup_vs_eager']:.2f}x",
+        table.add_row(name, f"{entry['ms']:.3f} ms", f"{entry[key]:.2f}x",
                       f"{error:.1e}" if error is not None else "-", style="bold" if name == report["fastest"] else None)  # fmt: skip
     console.print(table)
     chosen = {}
     for layer in report["layers"]:
         chosen[layer["algorithm"]] = chosen.get(layer["algorithm"], 0) + 1
-    console.print(f"layers: {', '.join(f'{n} x{c}' for n, c in chosen.items())}; "
-                  f"tuning cache hits {report['tuning'].get('cache_hits', 0)}/{len(report['layers'])}", highlight=False)  # fmt: skip
+    if report.get("compression"):
+        from convopt.report.compress_terminal import compress_table
+
+        console.print(compress_table(report["compression"]))
+    if report.get("quantization"):
+        from convopt.report.quant_terminal import quant_table
+
+        console.print(quant_table(report["quantization"]))
+    else:
+        console.print(f"layers: {', '.join(f'{n} x{c}' for n, c in chosen.items())}; "
+                      f"tuning cache hits {report['tuning'].get('cache_hits', 0)}/{len(report['layers'])}", highlight=False)  # fmt: skip
     if acc["before"] is not None:
         console.print(f"accuracy: {acc['before']:.2f}% -> {acc['after']:.2f}%", highlight=False)
     size = report["size_bytes"]

@@ -32,3 +32,21 @@ def cache_dir() -> Path:
     """Where convopt keeps measured facts about this machine: $CONVOPT_CACHE_DIR or ~/.cache/convopt."""
     root = os.environ.get("CONVOPT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "convopt")
     return Path(root)
+
+
+def strict_json(data: object) -> str:
+    """JSON that every parser accepts: NaN and +-inf (e.g. the SQNR of an exactly representable layer)
+    become null, since standard JSON has no such numbers."""
+    import json
+    import math
+
+    def clean(value: object) -> object:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return json.dumps(clean(data), indent=2, allow_nan=False)

@@ -26,7 +26,7 @@ from convopt.spec import ConvSpec
 from convopt.timing import fixed_threads, interleaved_times
 from convopt.transforms import AlgorithmConfig, BackendConfig, Compose, FoldBatchNormConfig, FuseConfig, LayoutConfig
 from convopt.transforms.config import relative_error
-from convopt.transforms.pipeline import apply, as_inputs, first_tensor
+from convopt.transforms.pipeline import apply, as_inputs, first_tensor, flatten_steps
 from convopt.verify.numerics import compare_numerics
 
 
@@ -48,6 +48,8 @@ class OptimizeReport:
     numerics: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    quantization: dict[str, Any] = field(default_factory=dict)  # --quantize int8: see convopt.quantize_flow
+    compression: dict[str, Any] = field(default_factory=dict)  # --prune/--decompose/--distill: convopt.compress_flow
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,11 +117,29 @@ def optimize(model: nn.Module, example_inputs: Any, *, name: str = "model", data
              budget_error: float = 1e-5, max_rel_error: float = 1e-4, threads: int | None = None,
              repeats: int = 7, cache: TuningCache | None = None, compare_backends: bool = True,
              graph_passes: bool = True, progress: Callable[[str], None] | None = None,
-             on_batch: Callable[[int, int], None] | None = None) -> OptimizeResult:  # fmt: skip
+             on_batch: Callable[[int, int], None] | None = None,
+             quantize: dict[str, Any] | None = None, compression: Any = None, train_data: Any = None,
+             checkpoint_dir: Any = None, baseline: nn.Module | None = None) -> OptimizeResult:  # fmt: skip
     """Optimize `model` for `example_inputs` on this machine (see module docstring).
 
     The original keeps its parameters (every transform works on a copy); it is switched to eval mode.
+    With `compression` (a convopt.compress_flow.CompressionPlan: prune, decompose, distill on
+    `train_data`), a compressed copy is made first and everything else works on it; the original stays
+    the baseline for accuracy and latency. With `quantize` (keyword arguments of
+    convopt.quantize_flow.quantize_model, e.g. {"calibration": x, "max_accuracy_drop": 0.5}) the INT8
+    flow runs instead of the fp32 one (convopt.optimize_int8).
     """
+    if compression is not None:
+        return _optimize_compressed(model, example_inputs, compression, train_data=train_data, data=data,
+                                    checkpoint_dir=checkpoint_dir, progress=progress, threads=threads,
+                                    options=dict(name=name, budget_error=budget_error, max_rel_error=max_rel_error,
+                                                 repeats=repeats, cache=cache, compare_backends=compare_backends,
+                                                 graph_passes=graph_passes, on_batch=on_batch, quantize=quantize))  # fmt: skip
+    if quantize is not None:
+        from convopt.optimize_int8 import optimize_int8
+
+        return optimize_int8(model, example_inputs, name=name, data=data, threads=threads, repeats=repeats,
+                             compare_backends=compare_backends, progress=progress, **quantize)  # fmt: skip
     start = time.perf_counter()
     inputs = as_inputs(example_inputs)
     say = progress or (lambda message: None)
@@ -151,6 +171,8 @@ def optimize(model: nn.Module, example_inputs: Any, *, name: str = "model", data
             say("exporting to ONNX Runtime for comparison")
             backends.append(onnxruntime_backend(model, inputs))
         runs = {"eager": lambda: model(*inputs), "convopt": lambda: optimized(*inputs)}
+        if baseline is not None:  # the uncompressed original, timed in the same rounds
+            runs["original"] = lambda: baseline(*inputs)
         runs.update({b.name: b.run for b in backends if b.run is not None})
         say("timing eager, convopt and the other backends side by side")
         times = {k: v.median_s * 1e3 for k, v in interleaved_times(runs, repeats=repeats).items()}
@@ -215,3 +237,33 @@ def optimize(model: nn.Module, example_inputs: Any, *, name: str = "model", data
         seconds=time.perf_counter() - start,
     )
     return OptimizeResult(optimized, recipe, report, tune)
+
+
+def _optimize_compressed(model: nn.Module, example_inputs: Any, plan: Any, *, train_data: Any, data: Any,
+                         checkpoint_dir: Any, progress: Callable[[str], None] | None, threads: int | None,
+                         options: dict[str, Any]) -> OptimizeResult:  # fmt: skip
+    """Compress a copy of `model` (convopt.compress_flow), optimize that, and report against the original."""
+    from convopt.compress_flow import compress
+
+    inputs = as_inputs(example_inputs)
+    with fixed_threads(threads):
+        model = model.eval()
+        trace_forward(model, inputs)
+        compressed = compress(model, inputs, plan, train_data=train_data, eval_data=data, checkpoint_dir=checkpoint_dir,
+                              progress=progress)  # fmt: skip
+    baseline = None if options.get("quantize") is not None else model
+    result = optimize(compressed.model, example_inputs, data=data, threads=threads, progress=progress,
+                      baseline=baseline, **options)  # fmt: skip
+    report = result.report
+    report.compression = compressed.report
+    report.accuracy["before"] = compressed.report["accuracy"]["before"]
+    report.size_bytes["before"] = state_bytes(model)
+    if "original" in report.backends:
+        original_ms = report.backends["original"]["ms"]
+        report.latency_ms["before"] = original_ms
+        for entry in report.backends.values():  # speed-ups against the uncompressed original
+            entry["speedup_vs_original"] = original_ms / entry["ms"] if entry.get("ms") else None
+    report.notes.insert(0, "compressed first (" + ", ".join(f"{k}: {v}" for k, v in compressed.report["plan"].items()
+                                                              if v) + "); the original is the accuracy and latency baseline")  # fmt: skip
+    recipe = Compose([compressed.structure, *flatten_steps(result.recipe)]) if compressed.structure.layers else result.recipe
+    return OptimizeResult(result.model, recipe, report, result.tune)
