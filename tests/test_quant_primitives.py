@@ -108,3 +108,13 @@ def test_entropy_observer_clips_rare_outliers():
     body = data[5:]
     full_scale, _ = choose_qparams(data.min(), data.max(), INT8)
     assert quantization_mse(body, scale, zero) < quantization_mse(body, full_scale, zero)
+
+
+def test_entropy_observer_keeps_most_of_a_gaussian_and_all_of_a_uniform():
+    # Regression: the smallest clip (one histogram bin per level) used to win with a trivial KL of 0.
+    generator = torch.Generator().manual_seed(2)
+    gaussian, uniform = EntropyObserver(), EntropyObserver()
+    gaussian.update(torch.randn(200_000, generator=generator))
+    uniform.update(torch.rand(200_000, generator=generator))
+    assert 2.5 < gaussian.threshold() < 5.0
+    assert uniform.threshold() > 0.95

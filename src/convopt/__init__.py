@@ -9,15 +9,16 @@ from convopt import verify  # a callable package: convopt.verify(reference, cand
 from convopt.api import analyze, apply, apply_, example_input
 from convopt.artifacts import load
 from convopt.errors import (
-    BudgetExceededError, ConfigError, ConvoptError, HardwareProfileError, InputShapeError, InvalidSpecError,
+    BudgetExceededError, CalibrationError, ConfigError, ConvoptError, HardwareProfileError, InputShapeError, InvalidSpecError,
     ModelLoadError, UnsupportedConvError, UntraceableModelError,
 )  # fmt: skip
 from convopt.kernels import conv, list_algorithms
 from convopt.spec import ConvSpec
 from convopt.transforms import (
-    AlgorithmConfig, BackendConfig, Compose, FoldBatchNormConfig, FuseConfig, LayoutConfig, TransformConfig,
-    TransformReport,
+    AlgorithmConfig, BackendConfig, Compose, DecomposeConfig, DistillConfig, FoldBatchNormConfig, FuseConfig,
+    Int8Config, LayoutConfig, PruneConfig, StructureConfig, TransformConfig, TransformReport,
 )  # fmt: skip
+from convopt.training import TrainConfig
 
 __version__ = "0.1.0"
 
@@ -25,6 +26,7 @@ __all__ = [
     "ConvSpec", "conv", "list_algorithms", "load", "verify", "analyze", "apply", "apply_", "example_input",
     "CostReport", "LayerCost", "HardwareProfile", "TransformConfig", "TransformReport", "Compose",
     "AlgorithmConfig", "BackendConfig", "FoldBatchNormConfig", "FuseConfig", "LayoutConfig",
-    "ConvoptError", "BudgetExceededError", "ConfigError", "HardwareProfileError", "InputShapeError",
+    "PruneConfig", "DecomposeConfig", "DistillConfig", "Int8Config", "StructureConfig", "TrainConfig",
+    "ConvoptError", "BudgetExceededError", "CalibrationError", "ConfigError", "HardwareProfileError", "InputShapeError",
     "InvalidSpecError", "ModelLoadError", "UnsupportedConvError", "UntraceableModelError",
 ]  # fmt: skip

@@ -158,7 +158,9 @@ class EntropyObserver(HistogramObserver):
         for index in range(self.levels, self.bins + 1, 16):
             reference = counts[:index].clone()
             reference[-1] += counts[index:].sum()  # outliers land in the last kept bin
-            chunks = torch.tensor_split(reference, self.levels)
+            # The quantized candidate is built from the clipped bins *without* the outlier mass, so that
+            # clipping pays for what it cuts off (else the smallest clip, one bin per level, wins with KL 0).
+            chunks = torch.tensor_split(counts[:index], self.levels)
             expanded = []
             for chunk in chunks:  # spread each level's mass over the bins that were non-empty
                 nonzero = (chunk > 0).double()
