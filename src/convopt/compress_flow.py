@@ -181,8 +181,10 @@ def compress(model: nn.Module, example_inputs: tuple[torch.Tensor, ...], plan: C
     steps: list[dict[str, Any]] = []
     calibration = None
     if train_data is not None:
+        # Taylor importance batches spread evenly over the data (a split sorted by class would else give one class).
         batch = max(1, int(example_inputs[0].shape[0]))
-        calibration = [(train_data[0][i : i + batch], train_data[1][i : i + batch]) for i in range(0, 8 * batch, batch)]
+        picks = torch.linspace(0, len(train_data[0]) - 1, min(8 * batch, len(train_data[0]))).long()
+        calibration = [(train_data[0][i], train_data[1][i]) for i in picks.split(batch)]
     for verb, stage, config in (("pruning", "pruned", plan.prune), ("decomposing", "decomposed", plan.decompose)):
         if config is None:
             continue
