@@ -28,7 +28,7 @@ from convopt.transforms.distill import distill
 from convopt.transforms.pipeline import apply_
 from convopt.transforms.prune_config import PruneConfig, parse_prune_spec
 from convopt.transforms.restructure import StructureConfig
-from convopt.verify.accuracy import predict_logits, topk_accuracy
+from convopt.verify.accuracy import top1_percent
 
 
 def parse_decompose_spec(text: str) -> DecomposeConfig:
@@ -124,11 +124,7 @@ def random_shift(x: torch.Tensor, generator: torch.Generator, max_shift: int) ->
     return padded.gather(2, rows).gather(3, cols)  # (N, C, H, W)
 
 
-def accuracy(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor] | None) -> float | None:
-    """Top-1 accuracy in % on labelled data (None without data)."""
-    if data is None:
-        return None
-    return 100.0 * topk_accuracy(predict_logits(model, data[0]), data[1], 1)
+accuracy = top1_percent  # top-1 % on labelled (x, y), None without data
 
 
 def _layer_table(before: CostReport, after: CostReport) -> list[dict[str, Any]]:

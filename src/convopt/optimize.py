@@ -27,6 +27,7 @@ from convopt.timing import fixed_threads, interleaved_times
 from convopt.transforms import AlgorithmConfig, BackendConfig, Compose, FoldBatchNormConfig, FuseConfig, LayoutConfig
 from convopt.transforms.config import relative_error
 from convopt.transforms.pipeline import apply, as_inputs, first_tensor, flatten_steps
+from convopt.verify.accuracy import top1_percent
 from convopt.verify.numerics import compare_numerics
 
 
@@ -72,19 +73,7 @@ def _escape(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
 
 
-def evaluate(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor] | None, batch: int = 256,
-             progress: Callable[[int, int], None] | None = None) -> float | None:  # fmt: skip
-    """Top-1 accuracy (in %) on labelled data, or None without data."""
-    if data is None:
-        return None
-    x, y = data
-    correct = 0
-    with torch.no_grad():
-        for start in range(0, len(x), batch):
-            correct += int((model(x[start : start + batch]).argmax(1) == y[start : start + batch]).sum())
-            if progress:
-                progress(min(start + batch, len(x)), len(x))
-    return 100.0 * correct / max(len(x), 1)
+evaluate = top1_percent  # kept under its old name: callers and tests use convopt.optimize.evaluate
 
 
 def build_recipe(model: nn.Module, inputs: tuple[Any, ...], *, budget_error: float, repeats: int,

@@ -73,6 +73,21 @@ def predict_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 256, 
     return torch.cat(outputs).float()
 
 
+def top1_percent(model: nn.Module, data: tuple[torch.Tensor, torch.Tensor] | None, batch: int = 256,
+                 progress: Callable[[int, int], None] | None = None) -> float | None:  # fmt: skip
+    """Top-1 accuracy in % of `model` on labelled data = (x (N, ...), y (N,)), in batches; None without data."""
+    if data is None:
+        return None
+    x, y = data
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(x), batch):
+            correct += int((model(x[start : start + batch]).argmax(1) == y[start : start + batch]).sum())
+            if progress:
+                progress(min(start + batch, len(x)), len(x))
+    return 100.0 * correct / max(len(x), 1)
+
+
 def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, k: int) -> float:
     if not len(labels):
         return 0.0
