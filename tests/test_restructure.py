@@ -58,3 +58,14 @@ def test_unknown_layer_types_are_refused():
         describe(nn.LSTM(3, 3))
     with pytest.raises(ConfigError, match="cannot be built"):
         StructureConfig(layers={"0": {"type": "Conv2d", "args": {"in_channels": 3}}})
+
+
+def test_lossy_steps_record_their_error_instead_of_failing_the_budget():
+    from convopt.transforms import DecomposeConfig, FoldBatchNormConfig
+
+    torch.manual_seed(0)
+    model, x = _net().eval(), torch.randn(2, 3, 12, 12)
+    _, report = apply(model, DecomposeConfig("tucker", rank=2, modules="3"), example_inputs=x)  # default budget 1e-4
+    assert report.steps[0].max_rel_error > 1e-4  # recorded, not raised
+    assert DecomposeConfig.lossy and not getattr(FoldBatchNormConfig, "lossy", False)
+

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -37,8 +39,6 @@ def cache_dir() -> Path:
 def strict_json(data: object) -> str:
     """JSON that every parser accepts: NaN and +-inf (e.g. the SQNR of an exactly representable layer)
     become null, since standard JSON has no such numbers."""
-    import json
-    import math
 
     def clean(value: object) -> object:
         if isinstance(value, float) and not math.isfinite(value):

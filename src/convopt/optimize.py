@@ -252,7 +252,8 @@ def _optimize_compressed(model: nn.Module, example_inputs: Any, plan: Any, *, tr
         report.latency_ms["before"] = original_ms
         for entry in report.backends.values():  # speed-ups against the uncompressed original
             entry["speedup_vs_original"] = original_ms / entry["ms"] if entry.get("ms") else None
+    baseline_of = "accuracy and latency" if "original" in report.backends else "accuracy"
     report.notes.insert(0, "compressed first (" + ", ".join(f"{k}: {v}" for k, v in compressed.report["plan"].items()
-                                                              if v) + "); the original is the accuracy and latency baseline")  # fmt: skip
+                                                              if v) + f"); the original is the {baseline_of} baseline")  # fmt: skip
     recipe = Compose([compressed.structure, *flatten_steps(result.recipe)]) if compressed.structure.layers else result.recipe
     return OptimizeResult(result.model, recipe, report, result.tune)

@@ -44,6 +44,7 @@ class Int8Config(TransformConfig):
     exclude: tuple[str, ...] = ()
     calibration_batches: int | None = None
     rewrites_graph: ClassVar[bool] = True
+    lossy: ClassVar[bool] = True  # judged by accuracy, not by the output-change budget
 
     def __post_init__(self) -> None:
         if self.engine not in (*ENGINES, "auto"):
