@@ -32,19 +32,22 @@ from convopt.verify.accuracy import top1_percent
 
 
 def parse_decompose_spec(text: str) -> DecomposeConfig:
-    """The CLI form: "tucker:0.5" (keep 50% of each layer's MACs), "cp:RANK", "svd:ENERGY" (e.g. svd:0.9)."""
+    """The CLI form: "tucker:0.5" (keep 50% of each layer's MACs), "tucker:0.5:latency" (50% of all the layers'
+    MACs, placed where measured time drops most), "cp:RANK", "svd:ENERGY" (e.g. svd:0.9)."""
     method, _, value = text.partition(":")
+    value, _, allocate = value.partition(":")
     try:
-        if method == "cp":
+        if method == "tucker" and allocate in ("", "latency"):
+            return DecomposeConfig("tucker", ratio=float(value), allocate=allocate or "layer")
+        if method == "cp" and not allocate:
             return DecomposeConfig("cp", rank=int(value))
-        if method == "svd":
+        if method == "svd" and not allocate:
             return DecomposeConfig("svd", energy=float(value))
-        if method == "tucker":
-            return DecomposeConfig("tucker", ratio=float(value))
     except ValueError as exc:
         if isinstance(exc, ConfigError):
             raise
-    raise ConfigError(f"--decompose {text!r}: use tucker:MAC_RATIO (e.g. tucker:0.5), cp:RANK or svd:ENERGY")
+    raise ConfigError(f"--decompose {text!r}: use tucker:MAC_RATIO[:latency] (e.g. tucker:0.5), cp:RANK or "
+                      "svd:ENERGY")  # fmt: skip
 
 
 @dataclass(frozen=True)

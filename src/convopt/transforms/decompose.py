@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import torch
 from torch import nn
@@ -28,6 +28,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from convopt.errors import ConfigError
 from convopt.transforms import decompose_factors as factors
+from convopt.transforms import decompose_latency as latency
 from convopt.transforms.config import StepRecord, TransformConfig, TransformContext, register_transform, set_submodule
 from convopt.transforms.decompose_rank import (
     LayerGeometry, cp_cost, energy_fractions, energy_rank, linear_rank_for_macs, svd_cost, tucker2_cost,
@@ -35,6 +36,7 @@ from convopt.transforms.decompose_rank import (
 )  # fmt: skip
 
 METHODS = ("tucker", "cp", "svd")
+ALLOCATIONS = ("layer", "latency")
 _NAMES = {"tucker": "Tucker-2", "cp": "CP", "svd": "SVD"}
 
 
@@ -48,6 +50,10 @@ class DecomposeConfig(TransformConfig):
 
     Give exactly one of: ratio (0 < r < 1, the fraction of each layer's MACs to keep), rank (>= 1) or
     energy (0 < e <= 1, the fraction of singular-value energy to keep; tucker and svd only).
+
+    allocate (with ratio): "layer" keeps `ratio` of every layer's MACs; "latency" keeps `ratio` of the selected
+    layers' summed MACs and gives each layer the ranks (or keeps it whole) that minimise the summed measured
+    time (decompose_latency.py; needs example inputs).
     """
 
     lossy: ClassVar[bool] = True  # judged by accuracy, not by the output-change budget
@@ -56,6 +62,7 @@ class DecomposeConfig(TransformConfig):
     ratio: float | None = None
     rank: int | None = None
     energy: float | None = None
+    allocate: str = "layer"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -72,6 +79,12 @@ class DecomposeConfig(TransformConfig):
         if self.energy is not None and not (_number(self.energy) and 0.0 < self.energy <= 1.0):
             raise ConfigError(f"DecomposeConfig(energy={self.energy!r}): the singular-value energy to keep must be in "
                               "(0, 1], e.g. 0.9")  # fmt: skip
+        if self.allocate not in ALLOCATIONS:
+            raise ConfigError(f"DecomposeConfig(allocate={self.allocate!r}): use 'layer' (every layer keeps the ratio) "
+                              "or 'latency' (the ratio over all selected layers, ranks chosen by measured time)")  # fmt: skip
+        if self.allocate == "latency" and self.ratio is None:
+            raise ConfigError("DecomposeConfig(allocate='latency') shares a MAC budget between layers: give ratio=, "
+                              "e.g. DecomposeConfig('tucker', ratio=0.5, allocate='latency')")  # fmt: skip
         if self.energy is not None and self.method == "cp":
             raise ConfigError("DecomposeConfig(method='cp', energy=...): CP has no singular values to threshold; "
                               "give ratio= or rank=, or use method='tucker' with energy=")  # fmt: skip
@@ -89,12 +102,15 @@ class LayerDecomposition:
     params_before: int
     params_after: int
     rel_error: float
+    ms_before: float | None = None  # the layer alone on its recorded input (allocate="latency" only)
+    ms_after: float | None = None
 
     def describe(self) -> str:
         ranks = "x".join(str(r) for r in self.ranks)
+        timed = "" if self.ms_before is None else f", measured {self.ms_before:.3g} -> {self.ms_after:.3g} ms"
         return (f"{_NAMES[self.method]} rank {ranks}: MACs {self.macs_before:,} -> {self.macs_after:,} "
                 f"({self.macs_after / self.macs_before:.1%}), weight params {self.params_before:,} -> "
-                f"{self.params_after:,}, relative reconstruction error {self.rel_error:.3g}")  # fmt: skip
+                f"{self.params_after:,}, relative reconstruction error {self.rel_error:.3g}{timed}")  # fmt: skip
 
 
 @dataclass
@@ -162,88 +178,143 @@ def _geometry(module: nn.Module, in_px: int = 0, out_px: int = 0, mid_px: int = 
     return LayerGeometry(module.in_channels, module.out_channels, tuple(module.kernel_size), in_px, out_px, mid_px)
 
 
+def _ratio_ranks(module: nn.Module, method: str, g: LayerGeometry) -> Callable[[float], tuple[int, ...]]:
+    """ratio -> the ranks keeping that fraction of the layer's MACs (the spectra are computed once per layer)."""
+    if method == "tucker":
+        w = module.weight.detach()
+        kept_out = energy_fractions(factors.mode_singular_values(w, 0))
+        kept_in = energy_fractions(factors.mode_singular_values(w, 1))
+        return lambda ratio: tucker2_ranks_for_macs(g, ratio * g.macs(), kept_out, kept_in)
+    if method == "cp":
+        per_rank = cp_cost(g, 1)[0]
+        return lambda ratio: (linear_rank_for_macs(per_rank, max(1, g.macs() // per_rank), ratio * g.macs()),)
+    full = min(g.c_in, g.c_out)
+    return lambda ratio: (linear_rank_for_macs(svd_cost(g, 1)[0], full, ratio * g.macs()),)
+
+
 def _ranks(module: nn.Module, config: DecomposeConfig, g: LayerGeometry) -> tuple[int, ...]:
+    if config.ratio is not None:
+        return _ratio_ranks(module, config.method, g)(config.ratio)
     w = module.weight.detach()
-    target = None if config.ratio is None else config.ratio * g.macs()
     if config.method == "tucker":
         if config.rank is not None:
             return min(config.rank, g.c_out), min(config.rank, g.c_in)
         sv_out, sv_in = factors.mode_singular_values(w, 0), factors.mode_singular_values(w, 1)
-        if config.energy is not None:
-            return energy_rank(sv_out, config.energy), energy_rank(sv_in, config.energy)
-        return tucker2_ranks_for_macs(g, target, energy_fractions(sv_out), energy_fractions(sv_in))
+        return energy_rank(sv_out, config.energy), energy_rank(sv_in, config.energy)
     if config.method == "cp":
-        per_rank = cp_cost(g, 1)[0]
-        if config.rank is not None:
-            return (config.rank,)
-        return (linear_rank_for_macs(per_rank, max(1, g.macs() // per_rank), target),)
-    full = min(g.c_in, g.c_out)
+        return (config.rank,)
     if config.rank is not None:
-        return (min(config.rank, full),)
-    if config.energy is not None:
-        return (energy_rank(torch.linalg.svdvals(w.double().reshape(g.c_out, g.c_in)), config.energy),)
-    return (linear_rank_for_macs(svd_cost(g, 1)[0], full, target),)
+        return (min(config.rank, min(g.c_in, g.c_out)),)
+    return (energy_rank(torch.linalg.svdvals(w.double().reshape(g.c_out, g.c_in)), config.energy),)
 
 
-def _conv(like: _ConvNd, c_in: int, c_out: int, weight: torch.Tensor, bias: torch.Tensor | None = None,
-          **kw: object) -> _ConvNd:  # fmt: skip
-    """A conv of like's type, dtype and device holding `weight` (float64 factor, cast) and `bias`."""
-    dims = like.weight.dim() - 2
-    kernel = kw.pop("kernel_size", (1,) * dims)
-    on = dict(device=like.weight.device, dtype=like.weight.dtype)
-    conv = type(like)(c_in, c_out, kernel, bias=bias is not None, **on, **kw)
-    with torch.no_grad():
-        conv.weight.copy_(weight.reshape(conv.weight.shape))
-        if bias is not None:
-            conv.bias.copy_(bias)
-    return conv
+def _conv(like: _ConvNd, c_in: int, c_out: int, bias: bool = False, **kw: object) -> _ConvNd:
+    """A default-initialised conv of like's type, dtype and device (1x1 unless kernel_size is given)."""
+    kernel = kw.pop("kernel_size", (1,) * (like.weight.dim() - 2))
+    return type(like)(c_in, c_out, kernel, bias=bias, device=like.weight.device, dtype=like.weight.dtype, **kw)
 
 
-def _build(module: nn.Module, method: str, ranks: tuple[int, ...]) -> tuple[nn.Module, torch.Tensor]:
-    """The replacement (nn.Sequential of smaller layers) and the float64 weight it computes."""
-    w, bias = module.weight.detach(), None if module.bias is None else module.bias.detach()
+def skeleton(module: nn.Module, method: str, ranks: tuple[int, ...]) -> nn.Sequential:
+    """The replacement's layers, default-initialised, in the module's memory layout: the one definition of its
+    structure, used to build it and to time it (its speed does not depend on the values). The last layer
+    carries the original bias."""
+    layers = _layers(module, method, ranks)
+    w = module.weight
+    if w.dim() in (4, 5) and not w.is_contiguous():
+        layout = torch.channels_last if w.dim() == 4 else torch.channels_last_3d
+        if w.is_contiguous(memory_format=layout):  # a channels_last model stays channels_last throughout
+            layers.to(memory_format=layout)
+    return layers
+
+
+def _layers(module: nn.Module, method: str, ranks: tuple[int, ...]) -> nn.Sequential:
+    c_out, c_in = module.weight.shape[:2]
+    bias = module.bias is not None
     if method == "svd":
-        first, second = factors.svd(w.reshape(w.shape[0], w.shape[1]), ranks[0])  # (R, C_in), (C_out, R)
+        (rank,) = ranks
         if isinstance(module, nn.Linear):
-            layers = [nn.Linear(w.shape[1], ranks[0], bias=False, device=w.device, dtype=w.dtype),
-                      nn.Linear(ranks[0], w.shape[0], bias=bias is not None, device=w.device, dtype=w.dtype)]  # fmt: skip
-            with torch.no_grad():
-                layers[0].weight.copy_(first)
-                layers[1].weight.copy_(second)
-                if bias is not None:
-                    layers[1].bias.copy_(bias)
+            on = dict(device=module.weight.device, dtype=module.weight.dtype)
+            layers = [nn.Linear(c_in, rank, bias=False, **on), nn.Linear(rank, c_out, bias=bias, **on)]
         else:  # stride and padding go to the first 1x1 (no bias: padded zeros stay zero through it)
-            layers = [_conv(module, w.shape[1], ranks[0], first, stride=module.stride, padding=module.padding,
-                            padding_mode=module.padding_mode), _conv(module, ranks[0], w.shape[0], second, bias)]  # fmt: skip
-        return nn.Sequential(OrderedDict(zip(("reduce", "expand"), layers))), second @ first
-    c_out, c_in = w.shape[:2]
+            layers = [_conv(module, c_in, rank, stride=module.stride, padding=module.padding,
+                            padding_mode=module.padding_mode), _conv(module, rank, c_out, bias)]  # fmt: skip
+        return nn.Sequential(OrderedDict(zip(("reduce", "expand"), layers)))
     geometry = dict(padding_mode=module.padding_mode)
     if method == "tucker":
-        u_out, core, u_in = factors.tucker2(w, *ranks)  # (C_out, R_out), (R_out, R_in, *k), (C_in, R_in)
         r_out, r_in = ranks
         parts: OrderedDict[str, nn.Module] = OrderedDict()
         if r_in < c_in:
-            parts["reduce"] = _conv(module, c_in, r_in, u_in.T)
-        parts["core"] = _conv(module, r_in, r_out, core, bias if r_out == c_out else None,
-                              kernel_size=module.kernel_size, stride=module.stride, padding=module.padding,
-                              dilation=module.dilation, **geometry)  # fmt: skip
+            parts["reduce"] = _conv(module, c_in, r_in)
+        parts["core"] = _conv(module, r_in, r_out, bias and r_out == c_out, kernel_size=module.kernel_size,
+                              stride=module.stride, padding=module.padding, dilation=module.dilation, **geometry)  # fmt: skip
         if r_out < c_out:
-            parts["expand"] = _conv(module, r_out, c_out, u_out, bias)
-        return nn.Sequential(parts), factors.tucker2_to_weight(u_out, core, u_in)
+            parts["expand"] = _conv(module, r_out, c_out, bias)
+        return nn.Sequential(parts)
     (rank,) = ranks
-    a, b, v, h = factors.cp(w, rank)  # (C_out, R), (C_in, R), (Kh, R), (Kw, R)
     (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
     pad = module.padding
     pad_v, pad_h = (pad, pad) if isinstance(pad, str) else ((pad[0], 0), (0, pad[1]))
-    parts = OrderedDict(
-        reduce=_conv(module, c_in, rank, b.T),
-        vertical=_conv(module, rank, rank, v.T, kernel_size=(kh, 1), stride=(sh, 1), padding=pad_v, dilation=(dh, 1),
+    return nn.Sequential(OrderedDict(
+        reduce=_conv(module, c_in, rank),
+        vertical=_conv(module, rank, rank, kernel_size=(kh, 1), stride=(sh, 1), padding=pad_v, dilation=(dh, 1),
                        groups=rank, **geometry),
-        horizontal=_conv(module, rank, rank, h.T, kernel_size=(1, kw), stride=(1, sw), padding=pad_h, dilation=(1, dw),
+        horizontal=_conv(module, rank, rank, kernel_size=(1, kw), stride=(1, sw), padding=pad_h, dilation=(1, dw),
                          groups=rank, **geometry),
-        expand=_conv(module, rank, c_out, a, bias),
-    )  # fmt: skip
-    return nn.Sequential(parts), factors.cp_to_weight(a, b, v, h)
+        expand=_conv(module, rank, c_out, bias),
+    ))  # fmt: skip
+
+
+def _build(module: nn.Module, method: str, ranks: tuple[int, ...]) -> tuple[nn.Module, torch.Tensor]:
+    """The replacement (nn.Sequential of smaller layers) holding the factors, and the float64 weight it computes."""
+    w = module.weight.detach()
+    if method == "svd":
+        first, second = factors.svd(w.reshape(w.shape[0], w.shape[1]), ranks[0])  # (R, C_in), (C_out, R)
+        values, approx = {"reduce": first, "expand": second}, second @ first
+    elif method == "tucker":
+        u_out, core, u_in = factors.tucker2(w, *ranks)  # (C_out, R_out), (R_out, R_in, *k), (C_in, R_in)
+        values, approx = {"reduce": u_in.T, "core": core, "expand": u_out}, factors.tucker2_to_weight(u_out, core, u_in)
+    else:
+        a, b, v, h = factors.cp(w, ranks[0])  # (C_out, R), (C_in, R), (Kh, R), (Kw, R)
+        values, approx = {"reduce": b.T, "vertical": v.T, "horizontal": h.T, "expand": a}, factors.cp_to_weight(a, b, v, h)
+    replacement = skeleton(module, method, ranks)
+    with torch.no_grad():
+        for name, layer in replacement.named_children():
+            layer.weight.copy_(values[name].reshape(layer.weight.shape))
+        last = replacement[-1]
+        if module.bias is not None:
+            last.bias.copy_(module.bias.detach())
+    return replacement, approx
+
+
+def _latency_plan(model: nn.Module, candidates: list[tuple[str, nn.Module]], config: DecomposeConfig,
+                  shapes: dict[str, LayerGeometry], example_inputs: tuple, cost: Callable[..., tuple[int, int]],
+                  result: DecomposeResult) -> dict[str, tuple[latency.Choice, float]]:  # fmt: skip
+    """allocate="latency": name -> (chosen candidate, seconds of the whole layer); layers kept whole are
+    added to result.skipped with their measured time."""
+    if not example_inputs:
+        raise ConfigError("DecomposeConfig(allocate='latency') times every layer on its real input: pass example "
+                          "inputs (decompose_(model, config, (x,)) or apply(..., example_inputs=...))")  # fmt: skip
+    modules = dict(candidates)
+    options: dict[str, dict[tuple[int, ...], int]] = {}
+    for name, module in candidates:
+        g, for_ratio = shapes[name], _ratio_ranks(module, config.method, shapes[name])
+        ranked = {for_ratio(r): 0 for r in sorted({*latency.GRID, config.ratio})}
+        options[name] = {ranks: cost(g, *ranks)[0] for ranks in ranked if cost(g, *ranks)[0] < g.macs()}
+    inputs = latency.layer_inputs(model, list(modules), example_inputs)
+    choices = latency.time_choices(modules, inputs, options, {n: g.macs() for n, g in shapes.items()},
+                                   lambda m, ranks: skeleton(m, config.method, ranks))  # fmt: skip
+    budget = config.ratio * sum(shapes[n].macs() for n in modules)
+    plan = latency.allocate(choices, budget)
+    before, after = sum(c[0].seconds for c in choices.values()), sum(c.seconds for c in plan.values())
+    macs = sum(c.macs for c in plan.values())
+    result.notes.append(f"latency allocation over {len(plan)} layer(s): {macs / (budget / config.ratio):.1%} of their "
+                        f"MACs (budget {config.ratio:.0%}), measured layer time {before * 1e3:.3g} -> "
+                        f"{after * 1e3:.3g} ms ({before / after:.2f}x)")  # fmt: skip
+    for name, choice in plan.items():
+        if choice.ranks is None:
+            result.skipped[name] = (f"the latency allocation keeps it whole ({choice.seconds * 1e3:.3g} ms): "
+                                    "other layers buy more time per MAC cut")  # fmt: skip
+    return {name: (choice, choices[name][0].seconds) for name, choice in plan.items()}
 
 
 def decompose_(model: nn.Module, config: DecomposeConfig, example_inputs: tuple = ()) -> DecomposeResult:
@@ -272,12 +343,19 @@ def decompose_(model: nn.Module, config: DecomposeConfig, example_inputs: tuple 
     if not example_inputs:
         result.notes.append("MACs are per output position (no example inputs were given)")
     cost = {"tucker": tucker2_cost, "cp": cp_cost, "svd": svd_cost}[config.method]
+    if example_inputs:
+        for name, _ in candidates:
+            if name not in shapes:
+                result.skipped[name] = "not called by the model's forward on the example inputs: no MACs to save"
+        candidates = [(n, m) for n, m in candidates if n in shapes]
+    planned = _latency_plan(model, candidates, config, shapes, example_inputs, cost, result) \
+        if config.allocate == "latency" else {}  # fmt: skip
     for name, module in candidates:
-        if example_inputs and name not in shapes:
-            result.skipped[name] = "not called by the model's forward on the example inputs: no MACs to save"
-            continue
         g = shapes.get(name) or _geometry(module)
-        ranks = _ranks(module, config, g)
+        choice, whole_s = planned.get(name, (None, 0.0))
+        ranks = choice.ranks if choice else _ranks(module, config, g)
+        if ranks is None:
+            continue  # the latency plan keeps it whole (in result.skipped)
         macs, params = cost(g, *ranks)
         if macs >= g.macs():
             label = "x".join(map(str, ranks))
@@ -287,8 +365,9 @@ def decompose_(model: nn.Module, config: DecomposeConfig, example_inputs: tuple 
         replacement, approx = _build(module, config.method, ranks)
         replacement.train(module.training).requires_grad_(module.weight.requires_grad)
         set_submodule(model, name, replacement)
+        timed = (whole_s * 1e3, choice.seconds * 1e3) if choice else (None, None)
         result.layers.append(LayerDecomposition(name, config.method, ranks, g.macs(), macs, g.params(), params,
-                                                factors.relative_error(module.weight, approx)))  # fmt: skip
+                                                factors.relative_error(module.weight, approx), *timed))  # fmt: skip
     if result.layers:
         before, after = sum(d.macs_before for d in result.layers), sum(d.macs_after for d in result.layers)
         result.notes.append(f"{len(result.layers)} layer(s) decomposed: their MACs {before:,} -> {after:,} "
