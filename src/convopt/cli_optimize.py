@@ -40,7 +40,7 @@ def _add_compress_arguments(p: Any) -> None:
     c = p.add_argument_group("compression (before tuning; judged by accuracy on --data)")
     c.add_argument("--prune", metavar="SPEC", help="structured:RATIO (MACs removed), unstructured:RATIO or N:M (e.g. 2:4)")
     c.add_argument("--decompose", metavar="SPEC", help="tucker:MAC_RATIO[:latency] (MACs kept; :latency spends them where "
-                   "measured time drops most), cp:RANK or svd:ENERGY")
+                   "measured time drops most), tucker:vbmf, cp:RANK, svd:ENERGY or svd:vbmf")
     c.add_argument("--distill", type=int, default=0, metavar="EPOCHS",
                    help="fine-tune the compressed model against the original by knowledge distillation")  # fmt: skip
     c.add_argument("--max-accuracy-drop", type=float, default=None, metavar="P",

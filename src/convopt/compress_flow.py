@@ -33,10 +33,13 @@ from convopt.verify.accuracy import top1_percent
 
 def parse_decompose_spec(text: str) -> DecomposeConfig:
     """The CLI form: "tucker:0.5" (keep 50% of each layer's MACs), "tucker:0.5:latency" (50% of all the layers'
-    MACs, placed where measured time drops most), "cp:RANK", "svd:ENERGY" (e.g. svd:0.9)."""
+    MACs, placed where measured time drops most), "tucker:vbmf" / "svd:vbmf" (ranks estimated by VBMF),
+    "cp:RANK", "svd:ENERGY" (e.g. svd:0.9)."""
     method, _, value = text.partition(":")
     value, _, allocate = value.partition(":")
     try:
+        if method in ("tucker", "svd") and value == "vbmf" and not allocate:
+            return DecomposeConfig(method, rank="vbmf")
         if method == "tucker" and allocate in ("", "latency"):
             return DecomposeConfig("tucker", ratio=float(value), allocate=allocate or "layer")
         if method == "cp" and not allocate:
@@ -46,8 +49,8 @@ def parse_decompose_spec(text: str) -> DecomposeConfig:
     except ValueError as exc:
         if isinstance(exc, ConfigError):
             raise
-    raise ConfigError(f"--decompose {text!r}: use tucker:MAC_RATIO[:latency] (e.g. tucker:0.5), cp:RANK or "
-                      "svd:ENERGY")  # fmt: skip
+    raise ConfigError(f"--decompose {text!r}: use tucker:MAC_RATIO[:latency] (e.g. tucker:0.5), tucker:vbmf, "
+                      "cp:RANK, svd:ENERGY or svd:vbmf")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,14 @@
 
 The rank comes from exactly one of: `ratio` (keep that fraction of the layer's MACs: the ranks landing in
 [0.95, 1] x target that keep the most singular-value energy, multiples of 8 preferred), `energy` (keep that
-fraction of the singular-value energy of each unfolded mode; not for CP) or a fixed `rank`. Layers the
-method cannot handle (grouped/depthwise, transposed, wrong kernel for the method) and layers where the
-chosen ranks would not reduce MACs are left alone and listed in StepRecord.skipped with the reason. Each
-decomposed layer's ranks, MACs and params before/after and relative reconstruction error
-||W - W_hat||_F / ||W||_F are in StepRecord.changed. MACs are per forward of `example_inputs` when the
-context has them, else per output position (noted). Factorisations: decompose_factors.py; the replacement layers: decompose_build.py.
+fraction of the singular-value energy of each unfolded mode; not for CP), a fixed `rank`, or rank="vbmf"
+(what stands out of the noise in each unfolding, vbmf.py; not for CP). With ratio, allocate="latency"
+spends the MAC budget across layers by measured time (decompose_latency.py). Layers the method cannot
+handle (grouped/depthwise, transposed, wrong kernel for the method) and layers where the chosen ranks would
+not reduce MACs are left alone and listed in StepRecord.skipped with the reason. Each decomposed layer's
+ranks, MACs and params before/after and relative reconstruction error ||W - W_hat||_F / ||W||_F are in
+StepRecord.changed. MACs are per forward of `example_inputs` when the context has them, else per output
+position (noted). Factorisations: decompose_factors.py; the replacement layers: decompose_build.py.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from convopt.transforms.decompose_rank import (
     LayerGeometry, cp_cost, energy_fractions, energy_rank, linear_rank_for_macs, svd_cost, tucker2_cost,
     tucker2_ranks_for_macs,
 )  # fmt: skip
+from convopt.transforms.vbmf import evbmf
 
 METHODS = ("tucker", "cp", "svd")
 ALLOCATIONS = ("layer", "latency")
@@ -60,7 +63,7 @@ class DecomposeConfig(TransformConfig):
 
     method: str = "tucker"
     ratio: float | None = None
-    rank: int | None = None
+    rank: int | str | None = None
     energy: float | None = None
     allocate: str = "layer"
 
@@ -74,8 +77,13 @@ class DecomposeConfig(TransformConfig):
         if self.ratio is not None and not (_number(self.ratio) and 0.0 < self.ratio < 1.0):
             raise ConfigError(f"DecomposeConfig(ratio={self.ratio!r}): the fraction of MACs to keep must lie strictly "
                               "between 0 and 1, e.g. 0.5")  # fmt: skip
-        if self.rank is not None and not (_number(self.rank) and isinstance(self.rank, int) and self.rank >= 1):
-            raise ConfigError(f"DecomposeConfig(rank={self.rank!r}): the rank must be an integer >= 1")
+        if self.rank is not None and self.rank != "vbmf" and not (isinstance(self.rank, int) and _number(self.rank)
+                                                                  and self.rank >= 1):  # fmt: skip
+            raise ConfigError(f"DecomposeConfig(rank={self.rank!r}): the rank must be an integer >= 1, or 'vbmf' "
+                              "(estimated per layer by variational Bayesian matrix factorisation)")  # fmt: skip
+        if self.rank == "vbmf" and self.method == "cp":
+            raise ConfigError("DecomposeConfig(method='cp', rank='vbmf'): VBMF estimates the ranks of matrix "
+                              "unfoldings; use method='tucker' or 'svd' with it, or give CP an integer rank")  # fmt: skip
         if self.energy is not None and not (_number(self.energy) and 0.0 < self.energy <= 1.0):
             raise ConfigError(f"DecomposeConfig(energy={self.energy!r}): the singular-value energy to keep must be in "
                               "(0, 1], e.g. 0.9")  # fmt: skip
@@ -196,6 +204,8 @@ def _ranks(module: nn.Module, config: DecomposeConfig, g: LayerGeometry) -> tupl
     if config.ratio is not None:
         return _ratio_ranks(module, config.method, g)(config.ratio)
     w = module.weight.detach()
+    if config.rank == "vbmf":
+        return _vbmf_ranks(w, config.method)
     if config.method == "tucker":
         if config.rank is not None:
             return min(config.rank, g.c_out), min(config.rank, g.c_in)
@@ -206,6 +216,19 @@ def _ranks(module: nn.Module, config: DecomposeConfig, g: LayerGeometry) -> tupl
     if config.rank is not None:
         return (min(config.rank, min(g.c_in, g.c_out)),)
     return (energy_rank(torch.linalg.svdvals(w.double().reshape(g.c_out, g.c_in)), config.energy),)
+
+
+def _vbmf_ranks(w: torch.Tensor, method: str) -> tuple[int, ...]:
+    """EVBMF ranks of the channel-mode unfoldings (tucker: (R_out, R_in); svd: (R,)); 0 = nothing above noise."""
+    if method == "svd":
+        matrix = w.double().reshape(w.shape[0], w.shape[1])
+        return (evbmf(torch.linalg.svdvals(matrix), tuple(matrix.shape)).rank,)
+    ranks = []
+    for mode in (0, 1):
+        rows, columns = w.shape[mode], w.numel() // w.shape[mode]
+        values = factors.mode_singular_values(w, mode)[: min(rows, columns)]
+        ranks.append(evbmf(values, (rows, columns)).rank)
+    return tuple(ranks)
 
 
 def _latency_plan(model: nn.Module, candidates: list[tuple[str, nn.Module]], config: DecomposeConfig,
@@ -278,6 +301,10 @@ def decompose_(model: nn.Module, config: DecomposeConfig, example_inputs: tuple 
         ranks = choice.ranks if choice else _ranks(module, config, g)
         if ranks is None:
             continue  # the latency plan keeps it whole (in result.skipped)
+        if min(ranks) == 0:
+            result.skipped[name] = ("VBMF finds no component above the estimated noise in its weight (untrained or "
+                                    "random weights?); left as is")  # fmt: skip
+            continue
         macs, params = cost(g, *ranks)
         if macs >= g.macs():
             label = "x".join(map(str, ranks))
