@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from convopt.analysis.hardware import load_or_measure
 from convopt.io import atomic_write_text
 from convopt.timing import interleaved_times
 from convopt.transforms.decompose import DecomposeConfig, DecomposeResult, decompose_
@@ -61,7 +62,7 @@ def print_layers(result: DecomposeResult) -> list[dict]:
     return rows
 
 
-def bench_resnet18(repeats: int, batch: int) -> dict:
+def bench_resnet18(repeats: int, batch: int, fp32_peak_gflops: float) -> dict:
     from torchvision.models import resnet18
 
     torch.manual_seed(0)
@@ -108,6 +109,12 @@ def bench_resnet18(repeats: int, batch: int) -> dict:
           f"decomposition {logit_error:.2f}):")  # fmt: skip
     for k, v in ms.items():
         print(f"    {k:42s} {v:8.1f} ms  {ms['original'] / v:5.2f}x of the original")
+    limits = {"original": batch * before * 2 / (fp32_peak_gflops * 1e9) * 1e3,
+              "tucker2": batch * after * 2 / (fp32_peak_gflops * 1e9) * 1e3}  # fmt: skip
+    print(f"  physical limit (all MACs at the measured fp32 GEMM peak, {fp32_peak_gflops:.0f} GFLOP/s): original "
+          f"{limits['original']:.1f} ms, Tucker-2 {limits['tucker2']:.1f} ms; the best runs reach "
+          f"{limits['original'] / min(ms['original'], ms['original channels_last']):.0%} and "
+          f"{limits['tucker2'] / min(ms['tucker2'], ms['tucker2 channels_last']):.0%} of it")  # fmt: skip
     best_original = min(ms["original"], ms["original channels_last"])
     same_layout = {"contiguous": ms["original"] / ms["tucker2"],
                    "channels_last": ms["original channels_last"] / ms["tucker2 channels_last"]}  # fmt: skip
@@ -124,7 +131,7 @@ def bench_resnet18(repeats: int, batch: int) -> dict:
             "latency_allocation": {"notes": latency.notes, "kept_whole": kept_whole,
                                    "layers": [{"layer": d.name, "ranks": list(d.ranks), "macs_kept": d.macs_after / d.macs_before,
                                                "ms_before": d.ms_before, "ms_after": d.ms_after} for d in latency.layers]},
-            "relative_logit_change": logit_error}  # fmt: skip
+            "relative_logit_change": logit_error, "limit_ms": limits, "fp32_peak_gflops": fp32_peak_gflops}  # fmt: skip
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -196,7 +203,8 @@ def main() -> None:
           f"on {os.cpu_count()} cores")  # fmt: skip
     payload: dict = {"threads": args.threads, "repeats": args.repeats}
     if not args.skip_resnet:
-        payload["resnet18"] = bench_resnet18(args.repeats, args.batch)
+        hardware = load_or_measure(args.threads)
+        payload["resnet18"] = bench_resnet18(args.repeats, args.batch, hardware.peak_gflops["fp32"])
     if not args.skip_mnist:
         payload["mnist"] = bench_mnist(args.epochs, args.lr)
     load_after = os.getloadavg()[0]
