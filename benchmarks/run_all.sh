@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every benchmark behind the issue figures, one after the other (never concurrently: they share the cores).
-# Usage: benchmarks/run_all.sh [results-folder]   (default benchmarks/results); add --real-mobilenet to
-# bench_int8 and drop --skip-break-even / --skip-sweep for the long versions.
+# Usage: benchmarks/run_all.sh [results-folder]   (default benchmarks/results); drop --skip-break-even /
+# --skip-sweep for the long versions. `make bench` installs the benchmark-only packages first.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${1:-benchmarks/results}
@@ -15,3 +15,4 @@ run benchmarks/bench_prune.py --threads 2 --skip-break-even --json "$OUT/prune.j
 run benchmarks/bench_decompose.py --threads 2 --skip-mnist --json "$OUT/decompose.json"
 run benchmarks/bench_compress_mnist.py --threads 2 --epochs 5 --json "$OUT/compress_mnist.json"
 run benchmarks/bench_int8.py --threads 2 --json "$OUT/int8.json"
+run benchmarks/bench_int8_real.py --threads 2 --json "$OUT/int8_real_mobilenet.json"

@@ -72,27 +72,31 @@ def test_quantize_without_data_is_a_clear_error(tmp_path, capsys):
 BROKEN = """
 import torch
 from torch import nn
-from convopt.models import default_model
+from convopt.data import load_data
 
-class Shifted(nn.Module):
-    '''x + 500 - 500: exact in fp32, but the int8 add's step (~2) wipes out the digit (values in [0, 1]).'''
+class Spiked(nn.Module):
+    '''One linear layer (least squares on the training digits) that also reads a constant 500 it ignores: exact
+    in fp32, but its int8 input step (~2) wipes out the digit (values in [0, 1]), and the only layer always
+    stays in int8, so no precision assignment meets the budget.'''
 
     input_shape = (1, 1, 28, 28)
 
     def __init__(self):
         super().__init__()
-        self.base = default_model()
-        self.offset = nn.Conv2d(1, 1, 1)
+        x, y = load_data("digits:train", input_shape=self.input_shape)
+        features = torch.cat([x.flatten(1), torch.ones(len(x), 1)], 1)
+        solution = torch.linalg.lstsq(features, nn.functional.one_hot(y, 10).float()).solution  # (785, 10)
+        self.fc = nn.Linear(785, 10)
         with torch.no_grad():
-            self.offset.weight.zero_()
-            self.offset.bias.fill_(500.0)
+            self.fc.weight.copy_(torch.cat([solution[:784].T, torch.zeros(10, 1)], 1))
+            self.fc.bias.copy_(solution[784])
 
     def forward(self, x):
-        shift = torch.relu(self.offset(x))
-        return self.base((x + shift) - shift)
+        flat = x.flatten(1)
+        return self.fc(torch.cat([flat, torch.full_like(flat[:, :1], 500.0)], 1))
 
 def build():
-    return Shifted().eval()
+    return Spiked().eval()
 """
 
 

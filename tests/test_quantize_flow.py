@@ -73,14 +73,52 @@ def test_mixed_precision_keeps_the_sensitive_layer_in_float_until_the_budget_hol
     assert float(agree) == pytest.approx(report["accuracy"]["int8"])
 
 
-@pytest.mark.slow
+def test_mixed_precision_keeps_a_residual_add_in_float_too():
+    # The spike also reaches the add (y + h), which no conv/linear layer owns: keeping conv2 alone in float used
+    # to leave the quantized add broken in every assignment. The add is now an op point ranked on the engine.
+    model, calibration, held_out = _setup(residual=True)
+    result = quantize_model(model, calibration=calibration, data_eval=held_out, example_inputs=held_out[0][:8],
+                            max_accuracy_drop=2.0)  # fmt: skip
+    report = result.report
+    assert report["accuracy"]["int8_all_layers"] < 90 and report["accuracy"]["drop"] <= 2.0
+    ops = [row for row in report["sensitivity"] if row["kind"] == "op"]
+    assert [row["name"] for row in ops] == [":Add"] and ops[0]["measured_on"] in ("openvino", "onnxruntime")
+    assert ops[0]["drop"] > 10  # the add alone quantized ruins the output
+    assert ":Add" in report["mixed_precision"]["excluded"] and "conv2" in report["mixed_precision"]["excluded"]
+    assert report["always_int8"] in {"conv1", "fc"} and report["always_int8"] not in report["excluded"]
+    graph = onnx.load_from_string(result.build.onnx_bytes)
+    add = next(n for n in graph.graph.node if n.op_type == "Add")
+    producers = {out: n.op_type for n in graph.graph.node for out in n.output}
+    assert all(producers.get(name) != "DequantizeLinear" for name in add.input)  # the add reads float inputs
+    assert ":Add" in result.recipe.steps[-1].exclude
+    with torch.no_grad():
+        agree = (result.model(held_out[0]).argmax(1) == held_out[1]).float().mean() * 100
+    assert float(agree) == pytest.approx(report["accuracy"]["int8"])
+
+
+class OneLayer(nn.Module):
+    """One conv reading a constant channel of 500 that it ignores: its int8 input step (~2) wipes out the signal
+    (~1), and the only layer always stays in int8, so no assignment meets the budget."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 8)
+        with torch.no_grad():
+            self.conv.weight[:, 3] = 0.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([x, torch.full_like(x[:, :1], 500.0)], 1)).flatten(1)
+
+
 def test_unmeetable_budget_raises_with_the_best_achievable_figure():
-    model, calibration, held_out = _setup(residual=True)  # the quantized add stays broken in every assignment
+    torch.manual_seed(0)
+    model = OneLayer().eval()
+    calibration, held_out = _data(model, 64, 1)[0], _data(model, 400, 2)
     with pytest.raises(BudgetExceededError, match=r"best tried reaches \d+\.?\d* \(drop") as caught:
         quantize_model(model, calibration=calibration, data_eval=held_out, example_inputs=held_out[0][:8],
-                       max_accuracy_drop=0.0)  # fmt: skip
-    assert 0 < caught.value.best_accuracy < 100
-    assert len(caught.value.trajectory) == 4  # 0, 1, 2 and all 3 layers in float were tried
+                       max_accuracy_drop=1.0)  # fmt: skip
+    assert 0 < caught.value.best_accuracy < 99
+    assert len(caught.value.trajectory) == 1 and caught.value.best_excluded == frozenset()  # only all-int8 allowed
 
 
 @pytest.mark.parametrize("calibration, message", [

@@ -3,7 +3,10 @@ measure accuracy on the real engine -> keep the most sensitive layers in float w
 
 The simulation (transforms/quant_sim.py) uses the engine's scheme, so its per-layer SQNR explains the
 engine's error and its sensitivity ranking orders mixed precision; every accuracy figure in the report is
-measured on the deployed engine itself.
+measured on the deployed engine itself. The simulation quantizes conv/linear layers only; the other ops the
+engine runs in int8 (a block's residual add, pooling, ...) are probed on the engine, one at a time, and
+ranked with the layers, so mixed precision can keep an add in float too. The least sensitive conv/linear
+layer always stays in int8: a model with every layer in float is no INT8 model.
 """
 
 from __future__ import annotations
@@ -21,7 +24,12 @@ from torch import nn
 from convopt.errors import CalibrationError, ConfigError
 from convopt.transforms.config import Compose
 from convopt.transforms.fold_bn import FoldBatchNormConfig
-from convopt.transforms.int8_engine import Int8Build, Int8Module, build_int8_model, calibration_batches, fold_for_int8
+from convopt.testing import sqnr_db
+from convopt.transforms.int8_engine import (
+    Int8Build, Int8Module, Int8Prepared, build_prepared, calibration_batches, fold_for_int8, prepare_int8,
+)  # fmt: skip
+from convopt.transforms.onnx_names import OP_SEPARATOR
+from convopt.transforms.qdq_onnx import DATA_MOVEMENT, MAC_OPS
 from convopt.transforms.pipeline import as_inputs
 from convopt.transforms.quantize import Int8Config
 from convopt.verify.accuracy import top1_percent
@@ -135,6 +143,30 @@ def pick_engine(build: Int8Build, accuracies: dict[str, float | None], baseline:
     return accuracies[engine]
 
 
+def op_points(build: Int8Build) -> list[str]:
+    """The "MODULE:OpType" names of the ops other than conv/GEMM that `build` runs in int8 (adds, pools, ...)."""
+    return list(dict.fromkeys(f"{row['module']}{OP_SEPARATOR}{row['op_type']}" for row in build.nodes
+                              if row["precision"] == "int8" and row["module"] is not None
+                              and row["op_type"] not in MAC_OPS and row["op_type"] not in DATA_MOVEMENT))  # fmt: skip
+
+
+def op_sensitivity(prepared: Int8Prepared, points: list[str], data: Labelled, baseline: float, engine: str,
+                   inputs: torch.Tensor) -> list[dict[str, Any]]:  # fmt: skip
+    """Rows like quant_sim.sensitivity's, measured on the engine: each op point alone quantized (every other
+    node in float); the output SQNR is the final output's against the float model on `inputs`."""
+    with torch.no_grad():
+        reference = prepared.float_model(inputs)
+    rows = []
+    for name in points:
+        probe = build_prepared(prepared, engine=engine, only=[name], repeats=0).module
+        metric = accuracy(probe, data)
+        with torch.no_grad():
+            output = probe(inputs)
+        rows.append({"name": name, "metric": metric, "baseline": baseline, "drop": baseline - metric,
+                     "output_sqnr_db": sqnr_db(reference, output), "kind": "op", "measured_on": engine})  # fmt: skip
+    return rows
+
+
 def quantize_model(model: nn.Module, *, calibration: Any, data_eval: Labelled | None, example_inputs: Any,
                    qat_epochs: int = 0, train_data: Labelled | None = None, max_accuracy_drop: float = 1.0,
                    observer: str = "minmax", checkpoint_dir: str | Path | None = None,
@@ -182,24 +214,37 @@ def quantize_model(model: nn.Module, *, calibration: Any, data_eval: Labelled | 
     calibrate(sim, batches)
     layers = layer_report(float_model, sim, torch.cat(batches)[:REPORT_SAMPLES])
     say("building the INT8 engine (all layers)")
-    build = build_int8_model(float_model, batches, engine=engine, calibrate_method=observer, input_shape=example.shape)
+    prepared = prepare_int8(float_model, batches, calibrate_method=observer, input_shape=example.shape)
+    build = build_prepared(prepared, engine=engine)
     say("measuring INT8 accuracy")
     accuracies = {frozenset(): engine_accuracies(build, data_eval)}  # per set of layers kept in float
     all_int8 = final = pick_engine(build, accuracies[frozenset()], baseline, max_accuracy_drop, notes)
-    ranking, mixed, breakers = [], None, []
+    ranking, mixed, breakers, always_int8 = [], None, [], None
     if baseline is not None and baseline - all_int8 > max_accuracy_drop:
         say("ranking layer sensitivity (simulation)")
+        probe = torch.cat(batches)[:REPORT_SAMPLES]
         ranking = sensitivity(float_model, single_layer_factory(sim), lambda m: accuracy(m, data_eval),
-                              [row["name"] for row in layers], inputs=torch.cat(batches)[:REPORT_SAMPLES])  # fmt: skip
+                              [row["name"] for row in layers], inputs=probe)  # fmt: skip
+        for row in ranking:
+            row.update(kind="layer", measured_on="simulation")
+        if points := op_points(build):
+            say(f"ranking the sensitivity of {len(points)} other int8 op(s) on the engine")
+            reference = ranking[0]["baseline"] if ranking else baseline
+            ranking += op_sensitivity(prepared, points, data_eval, reference, build.engine, probe)
+            ranking.sort(key=lambda r: (-r["drop"], r["output_sqnr_db"]))
         order = [row["name"] for row in ranking]
+        always_int8 = next((row["name"] for row in reversed(ranking) if row["kind"] == "layer"), None)
+        if always_int8 is not None:
+            order.remove(always_int8)
+            notes.append(f"{always_int8}, the least sensitive layer, always stays in int8: a model with every layer "
+                         "in float is no INT8 model")  # fmt: skip
         builds = {frozenset(): build}
 
         def build_and_evaluate(excluded: frozenset[str]) -> float:
-            say(f"mixed precision: {len(excluded)} layer(s) in float")
+            say(f"mixed precision: {len(excluded)} layer(s)/op(s) in float")
             reasons = {n: f"kept in float by mixed precision (sensitivity rank {order.index(n) + 1})" for n in excluded}
             if excluded not in builds:
-                builds[excluded] = build_int8_model(float_model, batches, exclude=reasons, engine=engine,
-                                                    calibrate_method=observer)  # fmt: skip
+                builds[excluded] = build_prepared(prepared, exclude=reasons, engine=engine)
                 accuracies[excluded] = engine_accuracies(builds[excluded], data_eval)
             return max(accuracies[excluded].values())
 
@@ -222,9 +267,10 @@ def quantize_model(model: nn.Module, *, calibration: Any, data_eval: Labelled | 
         "max_accuracy_drop": max_accuracy_drop, "sensitivity": ranking, "broke_budget_first": breakers,
         "mixed_precision": mixed.to_dict() if mixed else None,
         "trajectory": mixed.trajectory if mixed else [],
-        "qat": qat, "notes": notes + build.notes, "seconds": time.perf_counter() - start,
+        "always_int8": always_int8, "qat": qat, "notes": notes + build.notes, "seconds": time.perf_counter() - start,
     }  # fmt: skip
-    excluded = tuple(n for n in build.excluded if n in {row["name"] for row in layers})
+    searchable = {row["name"] for row in layers} | {row["name"] for row in ranking}
+    excluded = tuple(n for n in build.excluded if n in searchable)
     recipe = Compose([FoldBatchNormConfig(), Int8Config(engine=build.engine, observer=observer, exclude=excluded)])
     return QuantizeResult(build.module, report, recipe, build)
 

@@ -84,6 +84,7 @@ class HistogramObserver(Observer):
         super().__init__()
         self.top = 0.0
         self.counts = torch.zeros(self.bins, dtype=torch.float64)
+        self.zeros = 0.0  # exact zeros (part of counts[0]): every affine quantizer represents them exactly
         self.low, self.high = float("inf"), float("-inf")
 
     def update(self, x: torch.Tensor) -> None:
@@ -100,6 +101,7 @@ class HistogramObserver(Observer):
             self.top = top
         if self.top > 0:
             self.counts += torch.histc(x.abs().double(), bins=self.bins, min=0.0, max=self.top)
+        self.zeros += float((x == 0).sum())
         self.batches += 1
 
     def threshold(self) -> float:
@@ -153,7 +155,11 @@ class EntropyObserver(HistogramObserver):
         self.levels = levels
 
     def threshold(self) -> float:
-        counts = self.counts
+        # Exact zeros (most of a ReLU output) are left out: they cost nothing at any clip, yet as a spike in
+        # bin 0 they made every clip whose levels span several bins look bad, so the narrowest clip (one bin
+        # per level) won and a ReLU6 output [0, 6] was clipped at 0.4.
+        counts = self.counts.clone()
+        counts[0] = (counts[0] - self.zeros).clamp_min(0)
         best_index, best_kl = self.bins, float("inf")
         for index in range(self.levels, self.bins + 1, 16):
             reference = counts[:index].clone()

@@ -4,6 +4,8 @@
 activation with convopt's observers, lets ONNX Runtime's quantizer place the QDQ pairs (qdq_onnx.py),
 then times both runtimes on the same calibration batch, interleaved, and keeps the faster. Layers kept
 in float (mixed precision, or op types no int8 kernel pattern covers) are listed with the reason.
+`prepare_int8` does the export and calibration once; `build_prepared` quantizes the prepared graph with a
+given set of layers kept in float, so a mixed-precision search pays for the export only once.
 Both runtimes fuse DequantizeLinear -> Conv -> QuantizeLinear into integer convolutions (u8 x s8 with
 int32 accumulation, VNNI on x86); the result matches convopt's integer oracle (kernels/int8.py) within
 1 LSB of each quantized tensor.
@@ -26,7 +28,7 @@ from convopt.kernels.observers import OBSERVERS
 from convopt.timing import interleaved_times
 from convopt.transforms.backend import export_onnx
 from convopt.transforms.fold_bn import FoldBatchNormConfig
-from convopt.transforms.onnx_names import nodes_of_modules
+from convopt.transforms.onnx_names import nodes_of_modules, split_op_point
 from convopt.transforms.pipeline import apply
 from convopt.transforms.qdq_onnx import (
     node_precisions, observe_ranges, quantizable_op_types, quantize_to_qdq, quiet_onnxruntime,
@@ -166,10 +168,133 @@ def fold_for_int8(model: nn.Module, example: torch.Tensor, notes: list[str]) -> 
 
 
 def _exclusion_reasons(graph: Any, exclude: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-    """({node name: reason}, {module: reason}) for the modules the caller keeps in float."""
+    """({node name: reason}, {module: reason}) for the modules (or op points) the caller keeps in float."""
     nodes = nodes_of_modules(graph, exclude)
     by_node = {node: f"kept in float: {exclude[module]}" for module, names in nodes.items() for node in names}
     return by_node, {module: exclude[module] for module in exclude}
+
+
+@dataclass
+class Int8Prepared:
+    """What every INT8 build of one model shares (prepare_int8): the BN-folded float model, its exported and
+    pre-processed fp32 ONNX graph, and every activation's calibrated range. Builds that differ only in the
+    layers kept in float (mixed precision) reuse it instead of exporting and calibrating again."""
+
+    float_model: nn.Module
+    pre_onnx: bytes
+    ranges: dict[str, tuple[float, float]]
+    example: torch.Tensor
+    calibrate_method: str
+    calibration_samples: int
+    notes: list[str] = field(default_factory=list)
+
+
+def _check_names(model: nn.Module, names: Iterable[str]) -> None:
+    """ConfigError for a name that is neither a module of `model` nor "MODULE:OpType" of one."""
+    known = dict(model.named_modules())
+
+    def module_of(name: str) -> str:
+        point = split_op_point(name)
+        return name if point is None else point[0]
+
+    unknown = sorted(n for n in names if module_of(n) not in known)
+    if unknown:
+        layers = [n for n, m in known.items() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
+        raise ConfigError(f"exclude names {unknown} are not modules of the model; its conv/linear layers: "
+                          f"{', '.join(layers[:20])}{' ...' if len(layers) > 20 else ''} (an op a module runs "
+                          "itself is named MODULE:OpType, e.g. 'layer1.0:Add')")  # fmt: skip
+
+
+def prepare_int8(model: nn.Module, calibration: torch.Tensor | Iterable[Any], *, calibrate_method: str = "minmax",
+                 progress: Callable[[int, int], None] | None = None,
+                 input_shape: Sequence[int] | None = None) -> Int8Prepared:  # fmt: skip
+    """Check the calibration data, fold BN, export to ONNX and calibrate every activation (no quantization
+    yet); arguments as build_int8_model's. Raises CalibrationError / ConfigError as build_int8_model does."""
+    if calibrate_method not in OBSERVERS:
+        raise ConfigError(f"calibrate_method={calibrate_method!r}: use one of {sorted(OBSERVERS)}")
+    batches = calibration_batches(calibration, input_shape)
+    notes: list[str] = []
+    example = batches[0]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    except Exception as exc:  # the model's own error, re-raised naming the calibration shape
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise CalibrationError(f"the model rejects calibration batches of shape {list(example.shape)}: "
+                               f"{type(exc).__name__}: {first_line}") from exc  # fmt: skip
+    float_model = fold_for_int8(model, example, notes)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="convopt-int8-") as folder:
+        fp32, pre = Path(folder) / "model.onnx", Path(folder) / "pre.onnx"
+        export_onnx(float_model, (example,), fp32)
+        with quiet_onnxruntime():
+            quant_pre_process(str(fp32), str(pre))
+        ranges = observe_ranges(pre, batches, calibrate_method, progress)
+        pre_onnx = pre.read_bytes()
+    return Int8Prepared(float_model, pre_onnx, ranges, example, calibrate_method, sum(len(b) for b in batches), notes)
+
+
+def build_prepared(prepared: Int8Prepared, *, exclude: frozenset[str] | Mapping[str, str] = frozenset(),
+                   engine: str = "auto", float_output: bool = True, repeats: int = 5,
+                   only: Iterable[str] | None = None) -> Int8Build:  # fmt: skip
+    """Quantize a prepared model (see build_int8_model for the arguments).
+
+    Args:
+        only: quantize just the nodes these names select (module names or "MODULE:OpType") and keep every
+            other node in float: a probe of one layer's or one op's quantization error.
+        repeats: timed runs per engine; 0 skips timing (allowed only with one named engine).
+    """
+    if engine not in (*ENGINES, "auto"):
+        raise ConfigError(f"engine={engine!r}: use one of {ENGINES} or 'auto'")
+    if repeats < (1 if engine == "auto" else 0):
+        raise ConfigError(f"repeats={repeats}: engine='auto' times the engines, use repeats >= 1")
+    reasons = dict(exclude) if isinstance(exclude, Mapping) else {n: "excluded by the caller" for n in exclude}
+    only = None if only is None else list(only)
+    _check_names(prepared.float_model, [*reasons, *(only or [])])
+    import onnx
+
+    notes = list(prepared.notes)
+    with tempfile.TemporaryDirectory(prefix="convopt-int8-") as folder:
+        pre, qdq = Path(folder) / "pre.onnx", Path(folder) / "qdq.onnx"
+        pre.write_bytes(prepared.pre_onnx)
+        graph = onnx.load(str(pre)).graph
+        node_reasons, excluded = _exclusion_reasons(graph, reasons)
+        if only is not None:
+            probed = {n for names in nodes_of_modules(graph, only).values() for n in names}
+            reason, keep = "kept in float: only " + ", ".join(only) + " quantized (probe)", probed | set(node_reasons)
+            node_reasons.update({n.name: reason for n in graph.node if n.name not in keep})
+        quantized = quantize_to_qdq(pre, qdq, prepared.ranges, sorted(node_reasons), float_output)
+    onnx_bytes = quantized.SerializeToString()
+    nodes = node_precisions(quantized, node_reasons, quantizable_op_types())
+    for index, row in enumerate(nodes):
+        if row["precision"] == "float" and row["node"] not in node_reasons:
+            key = row["module"] or row["node"] or f"{row['op_type']} (node {index})"
+            excluded[key] = "; ".join(filter(None, [excluded.get(key), row["reason"]]))
+    unavailable: dict[str, str] = {}
+    candidates = ENGINES if engine == "auto" else (engine,)
+    modules = {}
+    example = prepared.example
+    for name in candidates:
+        module = Int8Module(prepared.float_model, onnx_bytes, name).eval()
+        try:
+            with torch.no_grad():
+                module(example)
+            modules[name] = module
+        except Exception as exc:  # a runtime that cannot load or run the graph is reported, not hidden
+            unavailable[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+    if not modules:
+        raise ConfigError(f"no INT8 engine could run the quantized model: {unavailable}")
+    if repeats:
+        timed = interleaved_times({n: (lambda m=m: m(example)) for n, m in modules.items()}, repeats=repeats)
+        times = {n: t.median_s * 1e3 for n, t in timed.items()}
+    else:
+        times = {n: float("nan") for n in modules}
+    chosen = min(times, key=times.get)
+    for name, reason in unavailable.items():
+        notes.append(f"INT8 engine {name} unavailable: {reason}")
+    return Int8Build(modules[chosen], chosen, times, excluded, onnx_bytes, nodes, unavailable, notes,
+                     prepared.calibration_samples)  # fmt: skip
 
 
 def build_int8_model(model: nn.Module, calibration: torch.Tensor | Iterable[Any], *,
@@ -178,12 +303,13 @@ def build_int8_model(model: nn.Module, calibration: torch.Tensor | Iterable[Any]
                      input_shape: Sequence[int] | None = None, float_output: bool = True,
                      repeats: int = 5) -> Int8Build:  # fmt: skip
     """Quantize `model` to the INT8 engine (see module docstring); the original model is switched to eval
-    mode and otherwise not modified.
+    mode and otherwise not modified. prepare_int8 then build_prepared.
 
     Args:
         model: a float model taking one (N, ...) tensor.
         calibration: representative inputs: a tensor (N, ...) or an iterable of batches / (x, y) pairs.
-        exclude: module names (qualified, e.g. "layer1.conv1") to keep in float, or {name: reason}.
+        exclude: names to keep in float, or {name: reason}: modules (qualified, e.g. "layer1.conv1") or ops
+            a module runs itself, "MODULE:OpType" (e.g. "layer1.0:Add", a block's residual add).
         engine: "openvino", "onnxruntime" or "auto" (time both on the first calibration batch, keep the faster).
         calibrate_method: observer for activation ranges: minmax, moving_average, percentile, mse, entropy.
         progress: called as progress(batches_done, batches_total) during calibration.
@@ -197,62 +323,14 @@ def build_int8_model(model: nn.Module, calibration: torch.Tensor | Iterable[Any]
     """
     if engine not in (*ENGINES, "auto"):
         raise ConfigError(f"engine={engine!r}: use one of {ENGINES} or 'auto'")
-    if calibrate_method not in OBSERVERS:
-        raise ConfigError(f"calibrate_method={calibrate_method!r}: use one of {sorted(OBSERVERS)}")
-    batches = calibration_batches(calibration, input_shape)
-    notes: list[str] = []
-    example = batches[0]
-    try:
-        with torch.no_grad():
-            model.eval()(example)
-    except Exception as exc:  # the model's own error, re-raised naming the calibration shape
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        raise CalibrationError(f"the model rejects calibration batches of shape {list(example.shape)}: "
-                               f"{type(exc).__name__}: {first_line}") from exc  # fmt: skip
     reasons = dict(exclude) if isinstance(exclude, Mapping) else {n: "excluded by the caller" for n in exclude}
-    known = dict(model.named_modules())
-    if unknown := sorted(set(reasons) - set(known)):
-        layers = [n for n, m in known.items() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
-        raise ConfigError(f"exclude names {unknown} are not modules of the model; its conv/linear layers: "
-                          f"{', '.join(layers[:20])}{' ...' if len(layers) > 20 else ''}")  # fmt: skip
-    float_model = fold_for_int8(model, example, notes)
-    import onnx
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    with tempfile.TemporaryDirectory(prefix="convopt-int8-") as folder:
-        fp32, pre, qdq = (Path(folder) / n for n in ("model.onnx", "pre.onnx", "qdq.onnx"))
-        export_onnx(float_model, (example,), fp32)
-        with quiet_onnxruntime():
-            quant_pre_process(str(fp32), str(pre))
-        node_reasons, excluded = _exclusion_reasons(onnx.load(str(pre)).graph, reasons)
-        ranges = observe_ranges(pre, batches, calibrate_method, progress)
-        quantized = quantize_to_qdq(pre, qdq, ranges, sorted(node_reasons), float_output)
-    onnx_bytes = quantized.SerializeToString()
-    nodes = node_precisions(quantized, node_reasons, quantizable_op_types())
-    for index, row in enumerate(nodes):
-        if row["precision"] == "float" and row["node"] not in node_reasons:
-            key = row["module"] or row["node"] or f"{row['op_type']} (node {index})"
-            excluded[key] = "; ".join(filter(None, [excluded.get(key), row["reason"]]))
-    unavailable: dict[str, str] = {}
-    candidates = ENGINES if engine == "auto" else (engine,)
-    modules = {}
-    for name in candidates:
-        module = Int8Module(float_model, onnx_bytes, name).eval()
-        try:
-            with torch.no_grad():
-                module(example)
-            modules[name] = module
-        except Exception as exc:  # a runtime that cannot load or run the graph is reported, not hidden
-            unavailable[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
-    if not modules:
-        raise ConfigError(f"no INT8 engine could run the quantized model: {unavailable}")
-    timed = interleaved_times({n: (lambda m=m: m(example)) for n, m in modules.items()}, repeats=repeats)
-    times = {n: t.median_s * 1e3 for n, t in timed.items()}
-    chosen = min(times, key=times.get)
-    for name, reason in unavailable.items():
-        notes.append(f"INT8 engine {name} unavailable: {reason}")
-    return Int8Build(modules[chosen], chosen, times, excluded, onnx_bytes, nodes, unavailable, notes,
-                     sum(len(b) for b in batches))  # fmt: skip
+    _check_names(model, reasons)  # before the export: a misspelt name fails fast
+    prepared = prepare_int8(model, calibration, calibrate_method=calibrate_method, progress=progress,
+                            input_shape=input_shape)  # fmt: skip
+    return build_prepared(prepared, exclude=reasons, engine=engine, float_output=float_output, repeats=repeats)
 
 
-__all__ = ["ENGINES", "Int8Build", "Int8Module", "build_int8_model", "calibration_batches", "make_runner"]
+__all__ = [
+    "ENGINES", "Int8Build", "Int8Module", "Int8Prepared", "build_int8_model", "build_prepared", "calibration_batches",
+    "make_runner", "prepare_int8",
+]  # fmt: skip

@@ -5,6 +5,8 @@ are prefixes of it: the first k layers stay in float, the rest run in int8. The 
 is within `max_drop` of the float baseline wins. Few layers: k = 0, 1, 2, ... in turn; many layers:
 bisection on k (assuming accuracy does not fall as more layers stay in float), after checking that
 k = 0 fails and k = all passes. This is the accuracy-aware loop of OpenVINO's POT / NNCF, on a ranking.
+The names are whatever the build understands: conv/linear module names and, from quantize_flow, ops a
+module runs itself ("features.3:Add", a residual add), which the simulation cannot rank but the engine can.
 """
 
 from __future__ import annotations

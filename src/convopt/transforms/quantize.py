@@ -35,7 +35,8 @@ class Int8Config(TransformConfig):
     Fields:
         engine: "auto" (time OpenVINO and ONNX Runtime, keep the faster), "openvino" or "onnxruntime".
         observer: activation range observer: minmax, moving_average, percentile, mse or entropy.
-        exclude: module names kept in float (e.g. the most sensitive layers found by mixed precision).
+        exclude: module names kept in float (e.g. the most sensitive layers found by mixed precision), or
+            op points "MODULE:OpType" for an op a module runs itself (e.g. "features.3:Add", a block's residual add).
         calibration_batches: use at most this many calibration batches (None: all that are given).
     """
 
@@ -52,7 +53,8 @@ class Int8Config(TransformConfig):
         if self.observer not in OBSERVERS:
             raise ConfigError(f"Int8Config(observer={self.observer!r}): use one of {', '.join(OBSERVERS)}")
         if isinstance(self.exclude, str) or not all(isinstance(n, str) for n in self.exclude):
-            raise ConfigError(f"Int8Config(exclude={self.exclude!r}): give a tuple of module names")
+            raise ConfigError(f"Int8Config(exclude={self.exclude!r}): give a tuple of module names or "
+                              "'MODULE:OpType' op points")  # fmt: skip
         object.__setattr__(self, "exclude", tuple(self.exclude))
         if self.calibration_batches is not None and (not isinstance(self.calibration_batches, int)
                                                      or self.calibration_batches < 1):  # fmt: skip
