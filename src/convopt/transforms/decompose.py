@@ -243,8 +243,8 @@ def _latency_plan(model: nn.Module, candidates: list[tuple[str, nn.Module]], con
     options: dict[str, dict[tuple[int, ...], int]] = {}
     for name, module in candidates:
         g, for_ratio = shapes[name], _ratio_ranks(module, config.method, shapes[name])
-        ranked = {for_ratio(r): 0 for r in sorted({*latency.GRID, config.ratio})}
-        options[name] = {ranks: cost(g, *ranks)[0] for ranks in ranked if cost(g, *ranks)[0] < g.macs()}
+        costs = {ranks: cost(g, *ranks)[0] for ranks in dict.fromkeys(map(for_ratio, {*latency.GRID, config.ratio}))}
+        options[name] = {ranks: macs for ranks, macs in costs.items() if macs < g.macs()}
     inputs = latency.layer_inputs(model, list(modules), example_inputs)
     choices = latency.time_choices(modules, inputs, options, {n: g.macs() for n, g in shapes.items()},
                                    lambda m, ranks: skeleton(m, config.method, ranks))  # fmt: skip
