@@ -40,9 +40,9 @@ from convopt.spec import ConvSpec
 from convopt.testing import sqnr_db
 from convopt.timing import interleaved_times
 from convopt.transforms.backend import export_onnx
-from convopt.transforms.int8_engine import ENGINES, Int8Module, build_int8_model, fold_for_int8
+from convopt.transforms.int8_engine import ENGINES, Int8Module, build_int8_model
 
-from bench_int8_real import bench_real_mobilenet  # noqa: E402  (a sibling script: benchmarks/ is on sys.path)
+from bench_int8_real import bench_real_mobilenet, layer_sqnr  # noqa: E402  (a sibling script: benchmarks/ is on sys.path)
 
 GOALS = {"mnist": 2.0, "resnet18": 4.0, "mobilenet_v2": 4.0}  # speedup vs eager fp32 (issue 5)
 
@@ -158,16 +158,6 @@ def own_int8_convs(model: nn.Module, x: torch.Tensor, repeats: int) -> dict[str,
             total[key] += times[key].median_s * 1e3
     return {"layers": len(seen) - len(skipped), "skipped": skipped, "fp32_ms": total["fp32"],
             "int8_ms": total["int8"], "ratio": total["fp32"] / total["int8"] if total["int8"] else None}  # fmt: skip
-
-
-def layer_sqnr(model: nn.Module, calibration: list[torch.Tensor]) -> list[dict[str, Any]]:
-    from convopt.transforms.quant_sim import calibrate, layer_report, prepare_quant_sim
-
-    folded = fold_for_int8(model, calibration[0], [])
-    sim = prepare_quant_sim(folded)
-    calibrate(sim, calibration)
-    return [{k: row[k] for k in ("name", "kind", "weight_sqnr_db", "output_sqnr_db", "cosine")}
-            for row in layer_report(folded, sim, calibration[0])]  # fmt: skip
 
 
 def accuracy(fn: Callable[[torch.Tensor], Any], data: Any, batch: int = 32) -> float:
