@@ -15,6 +15,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from convopt.capture import capture_layers
 from convopt.search.cache import TuningCache, entry_key
 from convopt.search.candidates import default_algorithms, prepare_candidates
 from convopt.spec import ConvSpec
@@ -57,20 +58,8 @@ class TuneReport:
 
 def capture_conv_inputs(model: nn.Module, inputs: tuple[Any, ...]) -> dict[str, torch.Tensor]:
     """The input activation of every nn.ConvNd on one forward pass (first call of each)."""
-    captured: dict[str, torch.Tensor] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, _CONVS):
-            def hook(mod, args, name=name):
-                captured.setdefault(name, args[0].detach())
-            handles.append(module.register_forward_pre_hook(hook))
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return captured
+    names = [name for name, module in model.named_modules() if isinstance(module, _CONVS)]
+    return {name: io[0] for name, io in capture_layers(model, names, inputs).items()}
 
 
 def _padding_free(spec: ConvSpec) -> bool:

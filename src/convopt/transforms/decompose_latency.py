@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from convopt.capture import capture_layers
 from convopt.errors import ConfigError
 from convopt.timing import interleaved_times
 
@@ -41,25 +42,11 @@ class Choice:
 
 def layer_inputs(model: nn.Module, names: list[str], example_inputs: tuple) -> dict[str, torch.Tensor]:
     """The input each named layer sees on its first call in one eval forward of `example_inputs`."""
-    modules = dict(model.named_modules())
-    seen: dict[str, torch.Tensor] = {}
-
-    def hook(name: str):  # type: ignore[no-untyped-def]
-        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> None:  # None: the output stays
-            seen.setdefault(name, args[0].detach())
-
-        return record
-
-    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
     was_training = model.training
     try:
-        with torch.no_grad():
-            model.eval()(*example_inputs)
+        return {name: io[0] for name, io in capture_layers(model.eval(), names, example_inputs).items()}
     finally:
         model.train(was_training)
-        for h in handles:
-            h.remove()
-    return seen
 
 
 def _geometry_key(module: nn.Module, x: torch.Tensor) -> tuple:

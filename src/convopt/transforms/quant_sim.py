@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from convopt.capture import capture_layers
 from convopt.errors import CalibrationError, ConfigError
 from convopt.kernels.observers import OBSERVERS
 from convopt.nn.quant import QUANTIZABLE, FakeQuantConv, fake_quantize_weight
@@ -144,27 +145,11 @@ def _histogram(values: torch.Tensor, bins: int = HIST_BINS) -> dict[str, list[fl
 
 def _capture_inputs(model: nn.Module, names: Iterable[str], inputs: tuple[Any, ...]) -> dict[str, tuple]:
     """(first input, output) of each named module over one forward pass of `model`."""
-    seen: dict[str, tuple] = {}
-    handles = []
-    for name in names:
-        try:
-            module = model.get_submodule(name)
-        except AttributeError as exc:
-            raise ConfigError(f"layer {name!r} of the simulation is not a module of the float model: pass the "
-                              "model the simulation was prepared from") from exc  # fmt: skip
-
-        def hook(module, args, output, name=name):
-            # clones: a later in-place op (ReLU(inplace=True)) must not alter what was seen
-            seen.setdefault(name, (args[0].detach().clone(), output.detach().clone()))
-
-        handles.append(module.register_forward_hook(hook))
     try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return seen
+        return capture_layers(model, names, inputs)
+    except AttributeError as exc:
+        raise ConfigError("a layer of the simulation is not a module of the float model: pass the model the "
+                          f"simulation was prepared from ({exc})") from exc  # fmt: skip
 
 
 def layer_report(model: nn.Module, sim: nn.Module, inputs: torch.Tensor) -> list[dict[str, Any]]:
