@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import copy
 import re
-from html.parser import HTMLParser
 
 import pytest
 import torch
 import torch.nn.functional as F
+from html_check import parse_html
 from rich.console import Console
 
 from convopt.compress_flow import CompressionPlan, compress
@@ -18,51 +18,7 @@ from convopt.models import default_model
 from convopt.report.compress_html import ratio, render_compress_section
 from convopt.report.compress_terminal import compress_table
 
-VOID = {"br", "hr", "img", "input", "meta", "link", "col", "area", "base", "embed", "source", "track", "wbr"}
 RATIO = re.compile(r"^(\d+(?:\.\d+)?(?:e[-+]\d+)?)x$")
-
-
-class _Checker(HTMLParser):
-    """Checks that every element is closed in order; collects start tags, table rows (cell texts) and text."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stack: list[str] = []
-        self.errors: list[str] = []
-        self.tags: list[str] = []
-        self.rows: list[list[str]] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append(tag)
-        if tag == "tr":
-            self.rows.append([])
-        if tag == "td" and self.rows:
-            self.rows[-1].append("")
-        if tag not in VOID:
-            self.stack.append(tag)
-
-    def handle_startendtag(self, tag, attrs):
-        self.tags.append(tag)
-
-    def handle_endtag(self, tag):
-        if not self.stack or self.stack[-1] != tag:
-            self.errors.append(f"</{tag}> closes {self.stack[-1] if self.stack else 'nothing'}")
-        else:
-            self.stack.pop()
-
-    def handle_data(self, data):
-        self.text.append(data)
-        if "td" in self.stack and self.rows and self.rows[-1]:
-            self.rows[-1][-1] += data
-
-
-def _parse(fragment: str) -> _Checker:
-    checker = _Checker()
-    checker.feed(fragment)
-    checker.close()
-    assert not checker.errors and not checker.stack, (checker.errors, checker.stack)
-    return checker
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +66,8 @@ def test_terminal_table_has_every_layer_and_right_ratios(report):
 
 def test_html_section_is_well_formed_with_layers_ratios_chart_and_reasons(report):
     fragment = render_compress_section(report)
-    checker = _parse(fragment)
-    assert checker.tags[0] == "section" and {"table", "svg", "polyline"} <= set(checker.tags)
+    checker = parse_html(fragment)
+    assert checker.names[0] == "section" and {"table", "svg", "polyline"} <= set(checker.names)
     by_name = {row[0]: row for row in checker.rows if row}
     for layer in report["layers"]:
         cells = by_name[layer["name"]]
@@ -135,8 +91,8 @@ def test_html_escapes_layer_names_and_reasons(report):
     hacked["layers"][0]["name"] = evil
     hacked["steps"][0]["skipped"][evil] = "<script>bad()</script>"
     fragment = render_compress_section(hacked)
-    checker = _parse(fragment)
-    assert "img" not in checker.tags and "script" not in checker.tags
+    checker = parse_html(fragment)
+    assert "img" not in checker.names and "script" not in checker.names
     text = "".join(checker.text)
     assert evil in text and "<script>bad()</script>" in text  # shown literally, as text
     assert evil in [row[0] for row in checker.rows if row]

@@ -17,13 +17,7 @@ from convopt.transforms.quant_sim import calibrate, prepare_quant_sim, sensitivi
 BASELINE = 90.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: two OpenMP threads on a shared 2-core machine run small convs far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fake_engine(penalties: dict[str, float], floor: float = 0.0):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import io
-from html.parser import HTMLParser
 
 import pytest
 import torch
+from html_check import parse_html
 from rich.console import Console
 from torch import nn
 
@@ -16,52 +16,8 @@ from convopt.report.quant_terminal import quant_table
 from convopt.transforms.mixed_precision import choose_precision
 from convopt.transforms.quant_sim import calibrate, layer_report, prepare_quant_sim, sensitivity, single_layer_factory
 
-VOID = {"br", "hr", "img", "input", "meta", "link", "col", "area", "base", "embed", "source", "track", "wbr"}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: two OpenMP threads on a shared 2-core machine run small convs far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class _Checker(HTMLParser):
-    """Checks that every element is closed in order, and collects tags, table rows and text."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stack: list[str] = []
-        self.errors: list[str] = []
-        self.tags: list[tuple[str, dict]] = []
-        self.text: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
-        if tag not in VOID:
-            self.stack.append(tag)
-
-    def handle_startendtag(self, tag, attrs):
-        self.tags.append((tag, dict(attrs)))
-
-    def handle_endtag(self, tag):
-        if not self.stack or self.stack[-1] != tag:
-            self.errors.append(f"</{tag}> closes {self.stack[-1] if self.stack else 'nothing'}")
-        else:
-            self.stack.pop()
-
-    def handle_data(self, data):
-        self.text.append(data)
-
-
-def _parse(fragment: str) -> _Checker:
-    checker = _Checker()
-    checker.feed(fragment)
-    checker.close()
-    assert not checker.errors and not checker.stack, (checker.errors, checker.stack)
-    return checker
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +65,7 @@ def test_sample_dict_has_a_budget_breaker(sample_quant):
 
 def test_html_section_is_a_valid_fragment_with_table_histograms_and_breakers(sample_quant):
     fragment = render_quant_section(sample_quant)
-    checker = _parse(fragment)
+    checker = parse_html(fragment)
     text = " ".join(checker.text)
     assert fragment.startswith("<section") and fragment.endswith("</section>")
     tables = [attrs.get("class") for tag, attrs in checker.tags if tag == "table"]
@@ -134,7 +90,7 @@ def test_html_section_is_a_valid_fragment_with_table_histograms_and_breakers(sam
 
 def test_html_without_optional_parts(sample_quant):
     minimal = {"layers": sample_quant["layers"][:1]}
-    checker = _parse(render_quant_section(minimal))
+    checker = parse_html(render_quant_section(minimal))
     assert "1 of 1 layers in int8" in " ".join(checker.text)
     assert "breakers" not in render_quant_section(minimal) and "trajectory" not in render_quant_section(minimal)
     given = dict(sample_quant, broke_budget_first=["5"])

@@ -18,14 +18,7 @@ from convopt.transforms.quant_sim import (
 )  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, two OpenMP threads that wait on each other run
-    these small convs several times slower than one (the results do not depend on it)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _calibrated_layer(inner: nn.Module, x: torch.Tensor, **kwargs) -> FakeQuantConv:
