@@ -20,7 +20,7 @@ from torch import nn
 from convopt.analysis.trace import trace_forward
 from convopt.errors import BudgetExceededError, UntraceableModelError
 from convopt.search.autotune import TuneReport, tune_model
-from convopt.search.backends import Backend, inductor_backend, onnxruntime_backend
+from convopt.search.backends import comparison_backends
 from convopt.search.cache import TuningCache
 from convopt.spec import ConvSpec
 from convopt.timing import fixed_threads, interleaved_times
@@ -153,12 +153,7 @@ def optimize(model: nn.Module, example_inputs: Any, *, name: str = "model", data
         numerics = compare_numerics(model, optimized, check_inputs[:32])
         say("measuring accuracy of the result")
         accuracy_after = evaluate(optimized, data, progress=on_batch)
-        backends: list[Backend] = []
-        if compare_backends:
-            say("building torch.compile (inductor) for comparison")
-            backends.append(inductor_backend(model, inputs))
-            say("exporting to ONNX Runtime for comparison")
-            backends.append(onnxruntime_backend(model, inputs))
+        backends = comparison_backends(model, inputs, say) if compare_backends else []
         runs = {"eager": lambda: model(*inputs), "convopt": lambda: optimized(*inputs)}
         if baseline is not None:  # the uncompressed original, timed in the same rounds
             runs["original"] = lambda: baseline(*inputs)

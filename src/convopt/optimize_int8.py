@@ -18,7 +18,7 @@ from torch import nn
 from convopt.analysis.trace import trace_forward
 from convopt.optimize import OptimizeReport, OptimizeResult, state_bytes
 from convopt.quantize_flow import quantize_model
-from convopt.search.backends import Backend, inductor_backend, onnxruntime_backend
+from convopt.search.backends import comparison_backends
 from convopt.timing import fixed_threads, interleaved_times
 from convopt.transforms.config import Compose, StepRecord, relative_error
 from convopt.transforms.int8_engine import ENGINES, Int8Module
@@ -53,12 +53,7 @@ def optimize_int8(model: nn.Module, example_inputs: Any, *, name: str = "model",
         quant, build = result.report, result.build
         engines = {engine_key(e): Int8Module(result.model.float_model, build.onnx_bytes, e).eval()
                    for e in ENGINES if e not in build.unavailable}  # fmt: skip
-        backends: list[Backend] = []
-        if compare_backends:
-            say("building torch.compile (inductor, fp32) for comparison")
-            backends.append(inductor_backend(model, inputs))
-            say("exporting to ONNX Runtime (fp32) for comparison")
-            backends.append(onnxruntime_backend(model, inputs))
+        backends = comparison_backends(model, inputs, say, "fp32") if compare_backends else []
         runs: dict[str, Callable[[], Any]] = {"eager": lambda: model(*inputs)}
         runs.update({key: (lambda m=m: m(*inputs)) for key, m in engines.items()})
         runs.update({b.name: b.run for b in backends if b.run is not None})

@@ -56,3 +56,14 @@ def inductor_backend(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Back
 def onnxruntime_backend(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> Backend:
     """ONNX Runtime's CPU provider on the exported model, with the current intra-op thread count."""
     return _warmed_backend("onnxruntime", lambda: OnnxRuntimeModule(copy.deepcopy(model)), inputs)
+
+
+def comparison_backends(model: nn.Module, inputs: tuple[torch.Tensor, ...], say: Callable[[str], None],
+                        precision: str = "") -> list[Backend]:  # fmt: skip
+    """The whole-graph backends every optimize result is timed against: torch.compile and ONNX Runtime."""
+    label = f", {precision}" if precision else ""
+    say(f"building torch.compile (inductor{label}) for comparison")
+    backends = [inductor_backend(model, inputs)]
+    say(f"exporting to ONNX Runtime{f' ({precision})' if precision else ''} for comparison")
+    backends.append(onnxruntime_backend(model, inputs))
+    return backends
